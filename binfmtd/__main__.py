@@ -1,0 +1,3 @@
+from binfmtd.cli import main
+
+main()

@@ -1,0 +1,231 @@
+"""The public commands as functions returning result values: the CLI, the daemon and the
+Ansible module are thin clients of these. Each change command has one shape: read the facts,
+plan, and (unless check) act under the lock."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from binfmtd import facts
+from binfmtd.config import Config, load_config
+from binfmtd.entry import flags_problem, normalize_flags
+from binfmtd.errors import HostUnsupported, UsageError
+from binfmtd.interpreters import DEFAULT_INTERPRETER_DIRS, Interpreter, read_interpreter
+from binfmtd.plan import Desired, Plan, plan_apply, plan_remove
+from binfmtd.state import load_state, locked, save_state, state_dir_from_env
+from binfmtd.targets import TARGETS, Target, lookup
+
+DEFAULT_FLAGS = "POCF"
+
+
+@dataclass
+class ChangeReport:
+    """The result of apply/remove, in the contract's shape."""
+
+    check: bool
+    results: list[dict]
+    errors: list[dict]
+    changed: bool
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def to_json(self) -> dict:
+        return {"ok": self.ok, "changed": self.changed, "check": self.check,
+                "results": self.results, "errors": self.errors}
+
+
+def resolve_targets(names: list[str] | tuple[str, ...]) -> tuple[Target, ...]:
+    """Targets from target names or platforms, in the table's order, without duplicates."""
+    chosen, unknown = set(), []
+    for name in names:
+        if name.lower() == "all":
+            chosen.update(t.name for t in TARGETS)
+        elif target := lookup(name):
+            chosen.add(target.name)
+        else:
+            unknown.append(name)
+    if unknown:
+        raise UsageError(f"unknown target or platform {', '.join(map(repr, unknown))}; "
+                         "`binfmtd targets` lists them (e.g. aarch64 or linux/arm64)")
+    return tuple(t for t in TARGETS if t.name in chosen)
+
+
+def desired_targets(names, all_targets: bool, config: Config | None,
+                    native: tuple[str, ...]) -> tuple[tuple[Target, ...], bool]:
+    """Which targets a command is about, and whether the user named them: arguments, else
+    `--all`, else the config's targets, else every target this host cannot run natively."""
+    if names:
+        return resolve_targets(names), True
+    if all_targets:
+        return TARGETS, False
+    if config and config.targets is not None:
+        return resolve_targets(config.targets), False
+    return tuple(t for t in TARGETS if t.name not in native), False
+
+
+def _paths(binfmt_misc: str | None, state_dir: str | None) -> tuple[str, str]:
+    return binfmt_misc or facts.DEFAULT_BINFMT_MISC, state_dir or state_dir_from_env()
+
+
+def _require_root_and_kernel(kernel: facts.Kernel) -> None:
+    if not kernel.supports_fix_binary:
+        raise HostUnsupported(f"kernel {kernel.release} is older than 4.8 and lacks binfmt_misc's F flag, "
+                              "which containers need; upgrade the kernel")
+    if os.geteuid() != 0:
+        raise HostUnsupported("binfmt_misc can only be changed by root; run it with sudo")
+
+
+def _read_interpreters(targets, native, dirs) -> dict[str, Interpreter]:
+    return {t.qemu: read_interpreter(t.qemu, dirs) for t in targets if t.name not in native}
+
+
+def _report(plan: Plan, check: bool, errors: list[tuple[str, str]]) -> ChangeReport:
+    results = [{"target": a.target.name, "platform": a.target.platform, "name": a.target.entry_name,
+                "action": "skipped" if a.error else a.action, "reason": a.error or a.reason,
+                "interpreter": a.interpreter, "flags": a.flags} for a in plan.actions]
+    return ChangeReport(check, results, [{"target": t, "message": m} for t, m in errors],
+                        plan.changed, list(plan.warnings))
+
+
+def apply(names=(), all_targets=False, flags: str | None = None, force=False, check=False,
+          config_file: str | None = None, binfmt_misc: str | None = None,
+          state_dir: str | None = None) -> ChangeReport:
+    config = load_config(config_file)
+    flags = flags if flags is not None else (config and config.flags) or DEFAULT_FLAGS
+    if problem := flags_problem(flags):
+        raise UsageError(f"--flags: {problem}")
+    dirs = (config and config.interpreter_dirs) or DEFAULT_INTERPRETER_DIRS
+    path, state_dir = _paths(binfmt_misc, state_dir)
+    host = facts.read_host(path)
+    targets, explicit = desired_targets(names, all_targets, config, host.native)
+    desired = Desired(targets, normalize_flags(flags), explicit, force)
+
+    def plan_now(host: facts.Host) -> Plan:
+        return plan_apply(desired, host, _read_interpreters(targets, host.native, dirs), load_state(state_dir))
+
+    if check:
+        plan = plan_now(host)
+        if plan.mount:
+            plan.warnings.insert(0, f"binfmt_misc is not mounted on {path}; apply would mount it")
+        return _report(plan, True, [(a.target.name, a.error) for a in plan.actions if a.error])
+    _require_root_and_kernel(host.kernel)
+    from binfmtd.act import execute, mount_binfmt_misc
+
+    with locked(state_dir):
+        mounted_now = not host.binfmt_misc.mounted
+        if mounted_now:
+            mount_binfmt_misc(path)
+            host = facts.read_host(path)
+        state = load_state(state_dir)
+        plan = plan_apply(desired, host, _read_interpreters(targets, host.native, dirs), state)
+        plan.mount = mounted_now
+        outcome = execute(plan, path, host.kernel, state)
+        save_state(state_dir, state)
+    return _report(plan, False, outcome.errors)
+
+
+def remove(names=(), all_targets=False, force=False, check=False, config_file: str | None = None,
+           binfmt_misc: str | None = None, state_dir: str | None = None) -> ChangeReport:
+    if not names and not all_targets:
+        raise UsageError("name the targets to remove, or pass --all")
+    path, state_dir = _paths(binfmt_misc, state_dir)
+    host = facts.read_host(path)
+    targets = resolve_targets(names) if names else TARGETS
+    if check or not host.binfmt_misc.mounted:
+        plan = plan_remove(targets, host, load_state(state_dir), force)
+        return _report(plan, check, [])
+    _require_root_and_kernel(host.kernel)
+    from binfmtd.act import execute
+
+    with locked(state_dir):
+        state = load_state(state_dir)
+        plan = plan_remove(targets, facts.read_host(path), state, force)
+        outcome = execute(plan, path, host.kernel, state)
+        save_state(state_dir, state)
+    return _report(plan, False, outcome.errors)
+
+
+def status(binfmt_misc: str | None = None, state_dir: str | None = None) -> dict:
+    path, state_dir = _paths(binfmt_misc, state_dir)
+    table = facts.read_binfmt_misc(path)
+    state = load_state(state_dir)
+    entries = []
+    for entry in table.entries:
+        target = facts.target_of_entry(entry)
+        entries.append({
+            "name": entry.name, "enabled": entry.enabled, "interpreter": entry.interpreter,
+            "flags": entry.flags, "offset": entry.offset, "magic": entry.magic.hex() or None,
+            "mask": entry.mask.hex() or None, "target": target.name if target else None,
+            "platform": target.platform if target else None,
+            "owner": "binfmtd" if state.owns(entry) else "other",
+        })
+    return {"binfmt_misc": {"path": path, "mounted": table.mounted, "enabled": table.enabled,
+                            "private": table.private},
+            "entries": entries}
+
+
+def check(names=(), config_file: str | None = None, binfmt_misc: str | None = None) -> dict:
+    """Preflight: can this host run binfmtd's plan? Each check says what is wrong and the fix."""
+    from binfmtd.interpreters import qemu_version
+
+    checks: list[dict] = []
+
+    def add(name: str, ok: bool, detail: str, fix: str | None = None) -> None:
+        checks.append({"name": name, "ok": ok, "detail": detail, "fix": None if ok else fix})
+
+    path, _ = _paths(binfmt_misc, None)
+    host = facts.read_host(path)
+    kernel, table = host.kernel, host.binfmt_misc
+    add("kernel", kernel.supports_fix_binary,
+        f"Linux {kernel.release}: " + ", ".join(filter(None, [
+            "F flag" if kernel.supports_fix_binary else "no F flag (needs 4.8)",
+            f"{kernel.magic_size_limit}-byte magic limit",
+            "binfmt_misc per user namespace" if kernel.binfmt_misc_per_userns else None])),
+        "upgrade to Linux 4.8 or newer")
+    add("root", os.geteuid() == 0, f"running as uid {os.geteuid()}", "run binfmtd as root (sudo)")
+    add("binfmt_misc", table.supported, "supported by the kernel" if table.supported else
+        "not in /proc/filesystems", "load the module (modprobe binfmt_misc) or enable CONFIG_BINFMT_MISC")
+    add("mount", table.supported, f"mounted on {path}" if table.mounted else
+        f"not mounted on {path} (found {table.mount_type or 'nothing'}); apply mounts it",
+        "load binfmt_misc first")
+    if table.mounted:
+        add("enabled", table.enabled, "binfmt_misc is enabled" if table.enabled else "binfmt_misc is disabled",
+            f"echo 1 > {path}/status")
+    add("table", True, "private to this user namespace: registrations here do not reach the host"
+        if table.private else "the host's table")
+    try:
+        config = load_config(config_file)
+        add("config", True, f"{config.path} is valid" if config else "no config file; defaults apply")
+    except UsageError as exc:
+        config = None
+        add("config", False, str(exc), "correct the file as the message says")
+    targets, _ = desired_targets(names, False, config, host.native)
+    dirs = (config and config.interpreter_dirs) or DEFAULT_INTERPRETER_DIRS
+    for target in targets:
+        if target.name in host.native:
+            add(f"interpreter:{target.name}", True, f"native on this {host.machine} host; no entry needed")
+            continue
+        interp = read_interpreter(target.qemu, dirs)
+        if interp.path is None:
+            add(f"interpreter:{target.name}", False, f"qemu-{target.qemu}-static not found in {':'.join(dirs)}",
+                "install qemu-user-static (apt-get install qemu-user-static) or set interpreter_dirs")
+        elif interp.problem:
+            add(f"interpreter:{target.name}", False, f"{interp.path} {interp.problem}",
+                f"make {interp.path} root-owned and not group/other-writable")
+        elif not interp.static:
+            add(f"interpreter:{target.name}", False, f"{interp.path} is dynamically linked: containers and "
+                "chroots cannot load it", "install qemu-user-static")
+        else:
+            version = qemu_version(interp.path)
+            add(f"interpreter:{target.name}", True, f"{interp.path}, static, safe, QEMU {version or '?'}")
+    return {"ok": all(c["ok"] for c in checks), "checks": checks}
+
+
+def list_targets() -> list[dict]:
+    native = {t.name for t in facts.native_targets()}
+    return [{"target": t.name, "platforms": list(t.platforms), "family": t.family, "native": t.name in native,
+             "entry": t.entry_name} for t in TARGETS]

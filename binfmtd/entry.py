@@ -1,0 +1,137 @@
+"""binfmt_misc entries: the register line binfmtd writes and the entry file the kernel prints.
+
+Pure functions only; reading and writing the files is act.py's and facts.py's job.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+FLAG_ORDER = "POCF"  # the order the kernel prints them in
+RESERVED_NAMES = ("", ".", "..", "register", "status")
+
+
+def normalize_flags(flags: str) -> str:
+    """Flags in the kernel's order; `C` implies `O` in the kernel, so it does here too."""
+    wanted = set(flags.upper())
+    if "C" in wanted:
+        wanted.add("O")
+    return "".join(f for f in FLAG_ORDER if f in wanted)
+
+
+def flags_problem(flags: str) -> str | None:
+    bad = sorted(set(flags.upper()) - set(FLAG_ORDER))
+    if bad:
+        return f"unknown flag(s) {''.join(bad)!r} in {flags!r}; allowed are P, O, C and F"
+    return None
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registration, as binfmtd writes it or as the kernel shows it (magic already masked)."""
+
+    name: str
+    interpreter: str
+    flags: str = ""
+    offset: int = 0
+    magic: bytes = b""
+    mask: bytes = b""
+    enabled: bool = True
+    extension: str | None = None  # type E entries match a file name extension, not magic
+
+    def masked(self) -> Entry:
+        """The kernel stores magic & mask; compare entries in that form."""
+        if not self.mask:
+            return self
+        magic = bytes(m & k for m, k in zip(self.magic, self.mask))
+        return Entry(self.name, self.interpreter, self.flags, self.offset, magic, self.mask,
+                     self.enabled, self.extension)
+
+    def same_registration(self, other: Entry) -> bool:
+        """Equal in what the kernel does with it: magic, mask, offset, flags, interpreter
+        (symlinks resolved)."""
+        a, b = self.masked(), other.masked()
+        return (
+            (a.magic, a.mask, a.offset, a.extension) == (b.magic, b.mask, b.offset, b.extension)
+            and normalize_flags(a.flags) == normalize_flags(b.flags)
+            and os.path.realpath(a.interpreter) == os.path.realpath(b.interpreter)
+        )
+
+    def register_line(self) -> str:
+        """The line written to binfmt_misc/register: `:name:type:offset:magic:mask:interp:flags`."""
+        if self.extension is not None:
+            return f":{self.name}:E::{self.extension}::{self.interpreter}:{self.flags}"
+        return (f":{self.name}:M:{self.offset or ''}:{escape(self.magic)}:{escape(self.mask)}:"
+                f"{self.interpreter}:{normalize_flags(self.flags)}")
+
+    def problem(self, size_limit: int = 256) -> str | None:
+        """Why the kernel would refuse this entry (fs/binfmt_misc.c create_entry), or None."""
+        if self.name in RESERVED_NAMES or "/" in self.name:
+            return f"entry name {self.name!r} is not allowed (empty, '.', '..', 'register', 'status' or containing '/')"
+        if ":" in self.name or ":" in self.interpreter:
+            return f"{self.name}: ':' cannot appear in a name or interpreter path"
+        if problem := flags_problem(self.flags):
+            return f"{self.name}: {problem}"
+        if not self.interpreter.startswith("/"):
+            return f"{self.name}: interpreter {self.interpreter!r} must be an absolute path"
+        if self.extension is None:
+            if not self.magic:
+                return f"{self.name}: magic is empty"
+            if self.mask and len(self.mask) != len(self.magic):
+                return f"{self.name}: mask is {len(self.mask)} bytes but magic is {len(self.magic)}; they must be equally long"
+            if self.offset + len(self.magic) > size_limit:
+                return (f"{self.name}: offset plus magic is {self.offset + len(self.magic)} bytes, more than this "
+                        f"kernel's {size_limit}-byte limit")
+        return None
+
+    def claims(self, header: bytes) -> bool:
+        from binfmtd.targets import claims
+
+        if self.extension is not None or not self.enabled:
+            return False
+        return claims(self.magic, self.mask or b"\xff" * len(self.magic), self.offset, header)
+
+
+def escape(data: bytes) -> str:
+    return "".join(f"\\x{b:02x}" for b in data)
+
+
+def parse_entry(name: str, text: str) -> Entry:
+    """An entry from the text of /proc/sys/fs/binfmt_misc/<name> (fs/binfmt_misc.c entry_status)."""
+    enabled, interpreter, flags, offset, magic, mask, extension = True, "", "", 0, b"", b"", None
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if line in ("enabled", "disabled"):
+            enabled = line == "enabled"
+        elif key == "interpreter":
+            interpreter = value
+        elif key == "flags:":
+            flags = value.strip()
+        elif key == "offset":
+            offset = int(value)
+        elif key == "magic":
+            magic = bytes.fromhex(value)
+        elif key == "mask":
+            mask = bytes.fromhex(value)
+        elif key == "extension":
+            extension = value.removeprefix(".")
+    return Entry(name, interpreter, flags, offset, magic, mask, enabled, extension)
+
+
+def parse_register_line(line: str) -> Entry:
+    """An entry from a register line (as stored in binfmtd's state), the inverse of register_line."""
+    line = line.strip()
+    sep = line[:1]
+    fields = line[1:].split(sep)
+    if not sep or len(fields) not in (6, 7):
+        raise ValueError(f"not a binfmt_misc register line: {line!r}")
+    name, kind, offset, magic, mask, interpreter, *flags = fields
+    flags_text = flags[0] if flags else ""
+    if kind == "E":
+        return Entry(name, interpreter, flags_text, extension=magic)
+    return Entry(name, interpreter, flags_text, int(offset or 0), unescape(magic), unescape(mask))
+
+
+def unescape(text: str) -> bytes:
+    return text.encode("latin-1").decode("unicode_escape").encode("latin-1")

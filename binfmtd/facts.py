@@ -1,0 +1,172 @@
+"""Facts: read-only knowledge of the host. Each parser is pure and tested on text the kernel
+printed; the small read_* functions around them do the I/O."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+
+from binfmtd.entry import Entry, parse_entry
+from binfmtd.targets import TARGETS, Target, family_of_machine
+
+DEFAULT_BINFMT_MISC = "/proc/sys/fs/binfmt_misc"
+INIT_USER_NS_INODE = 0xEFFFFFFD  # PROC_USER_INIT_INO: the initial user namespace's inode
+
+
+@dataclass(frozen=True)
+class Kernel:
+    release: str
+    version: tuple[int, int]
+
+    @property
+    def supports_fix_binary(self) -> bool:  # the F flag, Linux 4.8
+        return self.version >= (4, 8)
+
+    @property
+    def magic_size_limit(self) -> int:  # BINPRM_BUF_SIZE grew from 128 to 256 bytes in Linux 5.1
+        return 256 if self.version >= (5, 1) else 128
+
+    @property
+    def tells_qemu_about_p(self) -> bool:  # AT_FLAGS_PRESERVE_ARGV0 in the auxv, Linux 5.12
+        return self.version >= (5, 12)
+
+    @property
+    def binfmt_misc_per_userns(self) -> bool:  # Linux 6.7
+        return self.version >= (6, 7)
+
+
+def parse_kernel_release(release: str) -> Kernel:
+    match = re.match(r"(\d+)\.(\d+)", release)
+    version = (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+    return Kernel(release, version)
+
+
+def parse_filesystems(text: str) -> bool:
+    """Whether /proc/filesystems lists binfmt_misc (built in, or its module loaded)."""
+    return any(line.split()[-1:] == ["binfmt_misc"] for line in text.splitlines())
+
+
+def parse_mount_type(mountinfo: str, path: str) -> str | None:
+    """The filesystem type mounted at `path` per /proc/self/mountinfo (the last mount wins),
+    or None. An untriggered automount shows as `autofs`, which is not binfmt_misc."""
+    fstype = None
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if len(fields) > 4 and " - " in line and _unescape_mount(fields[4]) == path:
+            fstype = line.split(" - ", 1)[1].split()[0]
+    return fstype
+
+
+def _unescape_mount(text: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)
+
+
+@dataclass(frozen=True)
+class BinfmtMisc:
+    path: str
+    supported: bool
+    mounted: bool
+    mount_type: str | None  # what is mounted at path: binfmt_misc, autofs, None
+    enabled: bool
+    entries: tuple[Entry, ...] = ()
+    private: bool = False  # a user namespace's own table (Linux 6.7+), not the host's
+
+    def entry(self, name: str) -> Entry | None:
+        return next((e for e in self.entries if e.name == name), None)
+
+
+def read_binfmt_misc(path: str = DEFAULT_BINFMT_MISC, trigger_automount: bool = True) -> BinfmtMisc:
+    supported = parse_filesystems(_read("/proc/filesystems"))
+    mount_type = parse_mount_type(_read("/proc/self/mountinfo"), path)
+    if mount_type == "autofs" and trigger_automount:
+        # An automount (Amazon Linux 2023, systemd's proc-sys-fs-binfmt_misc.automount) mounts on
+        # first access; look inside and read mountinfo again to see what is really there.
+        try:
+            os.listdir(path)
+        except OSError:
+            pass
+        mount_type = parse_mount_type(_read("/proc/self/mountinfo"), path)
+    mounted = mount_type == "binfmt_misc"
+    enabled = mounted and _read(os.path.join(path, "status")).strip() == "enabled"
+    return BinfmtMisc(path, supported, mounted, mount_type, enabled,
+                      read_entries(path) if mounted else (), private=in_child_user_namespace())
+
+
+def read_entries(path: str = DEFAULT_BINFMT_MISC) -> tuple[Entry, ...]:
+    entries = []
+    for name in sorted(os.listdir(path)):
+        if name in ("register", "status"):
+            continue
+        try:
+            with open(os.path.join(path, name)) as f:
+                entries.append(parse_entry(name, f.read()))
+        except OSError:  # removed between listdir and open
+            continue
+    return tuple(entries)
+
+
+def in_child_user_namespace() -> bool:
+    """Inside a user namespace other than the initial one. On Linux 6.7+ the binfmt_misc
+    mounted there is that namespace's own: registrations do not reach the host."""
+    try:
+        link = os.readlink("/proc/self/ns/user")
+    except OSError:
+        return False
+    match = re.search(r"\[(\d+)\]", link)
+    return bool(match) and int(match.group(1)) != INIT_USER_NS_INODE
+
+
+def host_family(machine: str | None = None) -> str:
+    return family_of_machine(machine or os.uname().machine)
+
+
+def native_targets(machine: str | None = None) -> tuple[Target, ...]:
+    """The targets this host runs without emulation: its QEMU CPU family."""
+    family = host_family(machine)
+    return tuple(t for t in TARGETS if t.family == family)
+
+
+def read_kernel() -> Kernel:
+    return parse_kernel_release(os.uname().release)
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+@dataclass(frozen=True)
+class Host:
+    """Everything plan() needs to know about the host."""
+
+    kernel: Kernel
+    machine: str
+    binfmt_misc: BinfmtMisc
+    native: tuple[str, ...] = field(default=())
+
+
+def read_host(binfmt_misc_path: str = DEFAULT_BINFMT_MISC) -> Host:
+    machine = os.uname().machine
+    return Host(read_kernel(), machine, read_binfmt_misc(binfmt_misc_path),
+                tuple(t.name for t in native_targets(machine)))
+
+
+def target_of_entry(entry: Entry) -> Target | None:
+    """The QEMU target whose binaries an entry claims (its own `qemu-<target>` name first), or
+    None for entries that are not QEMU's (WSLInterop, python, jar, ...)."""
+    matching = [t for t in TARGETS if entry.extension is None and entry.magic
+                and _claims_ignoring_enabled(entry, t.magic)]
+    for target in matching:
+        if entry.name == target.entry_name:
+            return target
+    return matching[0] if len(matching) == 1 else None
+
+
+def _claims_ignoring_enabled(entry: Entry, header: bytes) -> bool:
+    from binfmtd.targets import claims
+
+    return claims(entry.magic, entry.mask or b"\xff" * len(entry.magic), entry.offset, header)

@@ -1,0 +1,140 @@
+"""Interpreter facts: where each target's QEMU is, whether it is static and whether it is safe
+to hand to the kernel as root (a file any non-root user can change is a root shell)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import struct
+from dataclasses import dataclass
+
+DEFAULT_INTERPRETER_DIRS = ("/usr/bin", "/usr/local/bin", "/usr/libexec/qemu-binfmt")
+PT_INTERP = 3
+
+
+@dataclass(frozen=True)
+class Interpreter:
+    path: str | None  # None: not found
+    static: bool = False
+    problem: str | None = None  # why it is unsafe, None when safe
+
+    @property
+    def usable(self) -> bool:
+        return self.path is not None and self.problem is None
+
+
+def candidate_names(qemu: str) -> tuple[str, ...]:
+    return (f"qemu-{qemu}-static", f"qemu-{qemu}")
+
+
+def find_interpreter(qemu: str, dirs: tuple[str, ...] = DEFAULT_INTERPRETER_DIRS) -> str | None:
+    """The first `qemu-<target>-static`, then `qemu-<target>`, in the search path."""
+    for name in candidate_names(qemu):
+        for directory in dirs:
+            path = os.path.join(directory, name)
+            if os.path.isfile(path):
+                return path
+    return None
+
+
+def read_interpreter(qemu: str, dirs: tuple[str, ...] = DEFAULT_INTERPRETER_DIRS) -> Interpreter:
+    path = find_interpreter(qemu, dirs)
+    if path is None:
+        return Interpreter(None)
+    return Interpreter(path, is_static(path), safety_problem(path))
+
+
+def parse_elf_is_static(header: bytes, read_at) -> bool:
+    """Whether an ELF has no PT_INTERP program header (statically linked, or static-pie).
+    `read_at(offset, size)` reads the rest of the file; the parse itself does no I/O."""
+    if header[:4] != b"\x7fELF" or len(header) < 64:
+        return False
+    is64, endian = header[4] == 2, "<" if header[5] == 1 else ">"
+    if is64:
+        phoff, = struct.unpack_from(endian + "Q", header, 32)
+        phentsize, phnum = struct.unpack_from(endian + "HH", header, 54)
+    else:
+        phoff, = struct.unpack_from(endian + "I", header, 28)
+        phentsize, phnum = struct.unpack_from(endian + "HH", header, 42)
+    table = read_at(phoff, phentsize * phnum)
+    for i in range(phnum):
+        p_type, = struct.unpack_from(endian + "I", table, i * phentsize)
+        if p_type == PT_INTERP:
+            return False
+    return True
+
+
+def is_static(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            def read_at(offset: int, size: int) -> bytes:
+                f.seek(offset)
+                return f.read(size)
+            return parse_elf_is_static(f.read(64), read_at)
+    except OSError:
+        return False
+
+
+def safety_problem(path: str) -> str | None:
+    """Why `path` is not safe to register as root, or None: it must be a regular executable
+    owned by root, and neither it nor any directory above it (on the way to it and to what its
+    symlinks point at) may be writable by group or others."""
+    try:
+        real = os.path.realpath(path)
+        st = os.stat(real)
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file"
+    if not st.st_mode & 0o111:
+        return "is not executable"
+    for checked in _paths_to_check(path, real):
+        try:
+            st = os.lstat(checked) if checked != real else os.stat(real)
+        except OSError as exc:
+            return f"{checked} cannot be read ({exc.strerror})"
+        if stat.S_ISLNK(st.st_mode):
+            continue  # a link's own mode means nothing; its directory and target are checked
+        if st.st_uid != 0:
+            return f"{checked} is owned by uid {st.st_uid}, not root"
+        if st.st_mode & stat.S_IWGRP:
+            return f"{checked} is writable by group {_group_name(st.st_gid)!r}"
+        if st.st_mode & stat.S_IWOTH:
+            return f"{checked} is writable by everyone"
+    return None
+
+
+def _paths_to_check(path: str, real: str) -> list[str]:
+    checked: list[str] = []
+    for leaf in (os.path.abspath(path), real):
+        current = leaf
+        while True:
+            if current not in checked:
+                checked.append(current)
+            parent = os.path.dirname(current)
+            if parent == current:
+                break
+            current = parent
+    return checked
+
+
+def _group_name(gid: int) -> str:
+    import grp
+
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def qemu_version(path: str, timeout: float = 5.0) -> str | None:
+    """`qemu-x --version`'s version number (for `check`; never on the apply path)."""
+    import subprocess
+
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=timeout).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    first = out.splitlines()[0] if out else ""
+    words = first.split()
+    return words[words.index("version") + 1] if "version" in words[:-1] else (first or None)
