@@ -29,7 +29,7 @@ def flags_problem(flags: str) -> str | None:
 
 @dataclass(frozen=True)
 class Entry:
-    """One registration, as binfmtd writes it or as the kernel shows it (magic already masked)."""
+    """One registration, as binfmtd writes it or as the kernel shows it."""
 
     name: str
     interpreter: str
@@ -41,7 +41,8 @@ class Entry:
     extension: str | None = None  # type E entries match a file name extension, not magic
 
     def masked(self) -> Entry:
-        """The kernel stores magic & mask; compare entries in that form."""
+        """Magic under its mask: the kernel compares only those bits, so entries equal in this
+        form claim the same files (QEMU's magic has bytes its mask ignores, other tools zero them)."""
         if not self.mask:
             return self
         magic = bytes(m & k for m, k in zip(self.magic, self.mask))

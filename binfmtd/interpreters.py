@@ -97,9 +97,10 @@ def safety_problem(path: str) -> str | None:
             continue  # a link's own mode means nothing; its directory and target are checked
         if st.st_uid != 0:
             return f"{checked} is owned by uid {st.st_uid}, not root"
-        if st.st_mode & stat.S_IWGRP:
+        if st.st_mode & stat.S_IWGRP and not (stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX):
             return f"{checked} is writable by group {_group_name(st.st_gid)!r}"
-        if st.st_mode & stat.S_IWOTH:
+        if st.st_mode & stat.S_IWOTH and not (stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX):
+            # a sticky world-writable directory (/tmp) lets nobody replace root's entries in it
             return f"{checked} is writable by everyone"
     return None
 

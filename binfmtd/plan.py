@@ -62,7 +62,8 @@ def plan_apply(desired: Desired, host: Host, interpreters: dict[str, Interpreter
     flags = normalize_flags(desired.flags)
     plan = Plan([], mount=not host.binfmt_misc.mounted)
     for target in desired.targets:
-        plan.actions.append(_plan_target(target, flags, desired, host, interpreters[target.qemu], state))
+        plan.actions.append(_plan_target(target, flags, desired, host,
+                                         interpreters.get(target.qemu, Interpreter(None)), state))
     plan.warnings += _flag_warnings(flags, host, any(a.changes for a in plan.actions))
     for action in plan.actions:
         if action.action == SKIPPED and action.target.name in host.native:
@@ -95,6 +96,9 @@ def _plan_target(target: Target, flags: str, desired: Desired, host: Host,
                       "permissions (root-owned, not group/other-writable) or set interpreter_dirs")
         return base
     new = Entry(name, interpreter.path, flags, 0, target.magic, target.mask)
+    if problem := new.problem(host.kernel.magic_size_limit):
+        base.action, base.reason, base.error = SKIPPED, problem, problem
+        return base
     base.new = new
     if current is None:
         base.action, base.reason = REGISTERED, "not registered"

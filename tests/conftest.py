@@ -1,0 +1,117 @@
+"""Shared fixtures. The main tests run binfmtd inside a fresh user+mount namespace that mounts
+its own binfmt_misc (Linux 6.7+): a real kernel table that stands for a just-booted host and
+is gone when the namespace ends. A facility the machine lacks fails the test under CI=true and
+skips it elsewhere."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from binfmtd.facts import read_kernel
+
+ROOT = Path(__file__).resolve().parent.parent
+FOREIGN = Path(os.environ.get("BINFMTD_TEST_FOREIGN", ROOT / "tests" / ".foreign"))
+BINFMTD = f"{shlex.quote(sys.executable)} -m binfmtd"
+BINFMT_MISC = "/proc/sys/fs/binfmt_misc"
+
+# Debian architecture -> (QEMU target, what `uname -m` prints under QEMU)
+FOREIGN_BUSYBOX = {
+    "arm64": ("aarch64", "aarch64"),
+    "armhf": ("arm", "armv7l"),
+    "armel": ("arm", "armv7l"),
+    "mips64el": ("mips64el", "mips64"),
+    "mipsel": ("mipsel", "mips"),
+    "ppc64el": ("ppc64le", "ppc64le"),
+    "s390x": ("s390x", "s390x"),
+}
+
+
+def need(condition: bool, reason: str) -> None:
+    """Skip for a missing facility, except in CI, where it must be there."""
+    if not condition:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI lacks a required facility: {reason}")
+        pytest.skip(reason)
+
+
+@dataclass
+class Step:
+    command: str
+    rc: int
+    out: str
+    err: str
+
+    def json(self):
+        return json.loads(self.out)
+
+
+class Namespace:
+    """Runs shell steps in one fresh user+mount namespace; each step's stdout, stderr and exit
+    code come back separately so a test can assert on all of them."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.state_dir = workdir / "state"
+
+    def run(self, *commands: str, mount: bool = True, env: dict | None = None, timeout: float = 120) -> list[Step]:
+        out = self.workdir / f"steps-{os.urandom(4).hex()}"
+        out.mkdir()
+        lines = ["set -u", f"export BINFMTD_STATE_DIR={shlex.quote(str(self.state_dir))}",
+                 f"export BINFMTD_CONFIG={shlex.quote(str(self.workdir / 'none.toml'))}"
+                 if not (env and "BINFMTD_CONFIG" in env) else ":"]
+        if mount:
+            lines.append(f"mount -t binfmt_misc binfmt_misc {BINFMT_MISC} || exit 99")
+        for i, command in enumerate(commands):
+            lines.append(f"( {command} ) >{out}/{i}.out 2>{out}/{i}.err; echo $? >{out}/{i}.rc")
+        run_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+        done = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "--propagation", "private",
+                               "sh", "-c", "\n".join(lines)], env=run_env, capture_output=True, text=True,
+                              timeout=timeout)
+        assert done.returncode == 0, f"namespace setup failed ({done.returncode}): {done.stderr}"
+        return [Step(c, int((out / f"{i}.rc").read_text()), (out / f"{i}.out").read_text(),
+                     (out / f"{i}.err").read_text()) for i, c in enumerate(commands)]
+
+    def one(self, command: str, **kwargs) -> Step:
+        return self.run(command, **kwargs)[0]
+
+
+@pytest.fixture
+def ns(tmp_path: Path) -> Namespace:
+    need(read_kernel().binfmt_misc_per_userns, "binfmt_misc per user namespace needs Linux 6.7+")
+    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+                            f"mount -t binfmt_misc binfmt_misc {BINFMT_MISC}"], capture_output=True, text=True)
+    need(probe.returncode == 0, f"cannot mount a private binfmt_misc: {probe.stderr.strip()}")
+    (tmp_path / "none.toml").write_text("")  # an empty config: tests never read /etc/binfmtd
+    return Namespace(tmp_path)
+
+
+def qemu(target_qemu: str) -> str:
+    path = f"/usr/bin/qemu-{target_qemu}-static"
+    need(os.path.exists(path), f"{path} is missing (apt-get install qemu-user-static)")
+    return path
+
+
+@pytest.fixture
+def foreign_busybox() -> dict[str, Path]:
+    """Debian's statically linked busybox for foreign architectures (fetched by scripts/test)."""
+    found = {arch: FOREIGN / arch / "bin" / "busybox" for arch in FOREIGN_BUSYBOX}
+    missing = [arch for arch, path in found.items() if not path.exists()]
+    need(not missing, f"foreign busybox binaries missing for {missing}: run scripts/fetch-foreign")
+    return found
+
+
+def entry_file(step_output: str) -> dict[str, str]:
+    """The fields of an entry file as the kernel printed it."""
+    fields = {}
+    for line in step_output.splitlines():
+        key, _, value = line.partition(" ")
+        fields[key.rstrip(":")] = value if value else key
+    return fields

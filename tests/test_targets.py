@@ -1,0 +1,111 @@
+"""The target table against QEMU's script and Debian's binfmt files."""
+
+from pathlib import Path
+
+import pytest
+
+from binfmtd.entry import unescape
+from binfmtd.targets import BY_NAME, TARGETS, claims, family_of_machine, lookup
+
+from conftest import need
+
+QEMU_10_TARGETS = set("""i386 i486 alpha arm armeb sparc sparc32plus sparc64 ppc ppc64 ppc64le m68k mips mipsel
+mipsn32 mipsn32el mips64 mips64el sh4 sh4eb s390x aarch64 aarch64_be hppa riscv32 riscv64 xtensa xtensaeb
+microblaze microblazeel or1k x86_64 hexagon loongarch64""".split())
+
+# Where Debian 12's table (QEMU 7.2 plus Debian's patches) and ours differ, byte offsets and why.
+# Any difference not listed here fails the test.
+OSABI = {7}  # QEMU 8.0+ ignores EI_OSABI (mask 00); Debian still only accepts 0-3 (mask fc)
+ABIVERSION = {8}  # QEMU 8.2+ ignores MIPS EI_ABIVERSION (mask 00); Debian accepts 0/1 (mask fe)
+MIPS_EV_CURRENT = {20, 21, 22, 23}  # QEMU 10's 40-byte MIPS magic also checks e_version == 1
+MIPS_LE_TAIL = {37, 38, 39}  # Debian's little-endian MIPS magic stops at e_flags' low byte (37 bytes)
+EXPLAINED = {
+    "alpha": {5, 6},  # QEMU copied the x86 mask (fe) for EI_DATA/EI_VERSION; Debian requires exact
+    "m68k": {6},  # same for EI_VERSION
+    **{t: OSABI for t in ("sparc", "sparc32plus", "sparc64", "ppc", "ppc64", "ppc64le", "sh4", "sh4eb", "s390x")},
+    "mips": ABIVERSION | MIPS_EV_CURRENT,
+    "mipsn32": ABIVERSION | MIPS_EV_CURRENT,
+    "mipsel": ABIVERSION | MIPS_EV_CURRENT | MIPS_LE_TAIL,
+    "mipsn32el": ABIVERSION | MIPS_EV_CURRENT | MIPS_LE_TAIL,
+    "mips64": ABIVERSION,
+    "mips64el": ABIVERSION,
+}
+
+
+def test_table_has_every_qemu_10_target():
+    assert {t.name for t in TARGETS} >= QEMU_10_TARGETS
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=lambda t: t.name)
+def test_magic_and_mask_are_equally_long_and_fit_every_kernel(target):
+    assert len(target.magic) == len(target.mask)
+    assert len(target.magic) <= 128  # BINPRM_BUF_SIZE before Linux 5.1
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=lambda t: t.name)
+def test_each_target_header_is_claimed_by_its_own_entry_only(target):
+    claimants = [t.name for t in TARGETS if claims(t.magic, t.mask, 0, target.magic)]
+    assert claimants == [target.name]
+
+
+def debian_entry(name: str) -> tuple[bytes, bytes] | None:
+    path = Path(f"/usr/share/binfmts/qemu-{name}")
+    if not path.exists():
+        return None
+    fields = dict(line.split(" ", 1) for line in path.read_text().splitlines() if " " in line)
+    return unescape(fields["magic"]), unescape(fields["mask"])
+
+
+def differing_offsets(ours: tuple[bytes, bytes], theirs: tuple[bytes, bytes]) -> set[int]:
+    def masked(magic, mask):
+        return [(m & k, k) for m, k in zip(magic, mask)]
+    a, b = masked(*ours), masked(*theirs)
+    return {i for i in range(max(len(a), len(b))) if a[i:i + 1] != b[i:i + 1]}
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=lambda t: t.name)
+def test_table_matches_debian_except_for_explained_differences(target):
+    need(Path("/usr/share/binfmts").is_dir(), "Debian's qemu-user-static is not installed")
+    theirs = debian_entry(target.name)
+    if theirs is None:
+        # Debian ships no entry for its own CPU family (x86 on amd64) nor for targets it lacks.
+        assert target.name in ("i386", "i486", "x86_64", "aarch64_be", "microblazeel", "or1k")
+        return
+    assert differing_offsets((target.magic, target.mask), theirs) == EXPLAINED.get(target.name, set())
+    # QEMU's magic is a real header (EV_CURRENT, ET_EXEC, the right e_machine): both tables claim it.
+    assert claims(target.magic, target.mask, 0, target.magic)
+    assert claims(theirs[0], theirs[1], 0, target.magic)
+
+
+def test_microblaze_matches_big_endian_binaries_unlike_qemus_table():
+    # A big-endian ET_EXEC header: e_type is 00 02. QEMU 10's entry has 02 00 here.
+    header = b"\x7fELF\x01\x02\x01" + bytes(9) + b"\x00\x02\xba\xab"
+    t = BY_NAME["microblaze"]
+    assert claims(t.magic, t.mask, 0, header)
+    qemu_magic = b"\x7fELF\x01\x02\x01" + bytes(9) + b"\x02\x00\xba\xab"
+    qemu_mask = b"\xff" * 7 + b"\x00" + b"\xff" * 8 + b"\xfe\xff\xff\xff"
+    assert not claims(qemu_magic, qemu_mask, 0, header)
+
+
+@pytest.mark.parametrize("spelling, target", [
+    ("aarch64", "aarch64"), ("arm64", "aarch64"), ("linux/arm64", "aarch64"), ("linux/arm64/v8", "aarch64"),
+    ("linux/arm/v7", "arm"), ("linux/arm/v6", "arm"), ("armhf", "arm"), ("linux/386", "i386"),
+    ("linux/amd64", "x86_64"), ("linux/riscv64", "riscv64"), ("linux/ppc64le", "ppc64le"),
+    ("ppc64el", "ppc64le"), ("linux/s390x", "s390x"), ("linux/mips64le", "mips64el"),
+    ("linux/loong64", "loongarch64"), ("qemu-aarch64", "aarch64"), ("LINUX/ARM64", "aarch64"),
+])
+def test_targets_and_platforms_are_interchangeable(spelling, target):
+    assert lookup(spelling).name == target
+
+
+def test_unknown_spelling_is_not_guessed():
+    assert lookup("arm65") is None and lookup("linux/") is None
+
+
+@pytest.mark.parametrize("machine, family", [
+    ("x86_64", "i386"), ("i686", "i386"), ("aarch64", "arm"), ("armv7l", "arm"), ("aarch64_be", "armeb"),
+    ("ppc64le", "ppcle"), ("ppc64", "ppc"), ("s390x", "s390x"), ("mips64", "mips"), ("riscv64", "riscv64"),
+    ("loongarch64", "loongarch"), ("sparc64", "sparc"),
+])
+def test_host_family_follows_qemus_script(machine, family):
+    assert family_of_machine(machine) == family
