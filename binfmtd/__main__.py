@@ -1,3 +1,18 @@
-from binfmtd.cli import main
+"""Entry point of the `binfmtd` command: the boot path for plain `apply`, else the full CLI."""
 
-main()
+import sys
+
+
+def main() -> None:
+    from binfmtd.boot import parse_apply, run_apply
+
+    options = parse_apply(sys.argv[1:])
+    if options is not None:
+        sys.exit(run_apply(options))
+    from binfmtd.cli import main as cli_main
+
+    cli_main()
+
+
+if __name__ == "__main__":
+    main()

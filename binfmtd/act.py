@@ -29,13 +29,13 @@ def mount_binfmt_misc(path: str) -> None:
     first if the kernel does not know the filesystem yet."""
     import ctypes
 
-    from binfmtd.facts import parse_filesystems, _read
+    from binfmtd.facts import parse_filesystems, read_text
 
-    if not parse_filesystems(_read("/proc/filesystems")):
+    if not parse_filesystems(read_text("/proc/filesystems")):
         import subprocess
 
         subprocess.run(["modprobe", "binfmt_misc"], capture_output=True)
-        if not parse_filesystems(_read("/proc/filesystems")):
+        if not parse_filesystems(read_text("/proc/filesystems")):
             raise HostUnsupported("this kernel has no binfmt_misc (not built in, module not loadable); "
                                   "enable CONFIG_BINFMT_MISC or install the kernel's extra modules")
     libc = ctypes.CDLL(None, use_errno=True)

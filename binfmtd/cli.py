@@ -3,15 +3,13 @@ as text or as one JSON object. Error types become exit codes here and nowhere el
 
 from __future__ import annotations
 
-import json
-import os
-import sys
 from typing import List, Optional
 
 import typer
 
 from binfmtd import __version__, commands
 from binfmtd.errors import EXIT_FAILED, EXIT_OK, BinfmtdError
+from binfmtd.output import finish, finish_change, say, table
 
 app = typer.Typer(add_completion=True, no_args_is_help=True, rich_markup_mode=None,
                   pretty_exceptions_enable=False,
@@ -23,60 +21,8 @@ ConfigOpt = typer.Option(None, "--config", metavar="FILE", help="Config file (de
                          "/etc/binfmtd/binfmtd.toml).")
 
 
-def _say(kind: str, message: str) -> None:
-    print(f"binfmtd: {kind}: {message}", file=sys.stderr)
-
-
-def _run(produce, as_json: bool, render, exit_code=lambda result: EXIT_OK):
-    """The one exit path: produce a result, print it as text or JSON, exit with its code;
-    a BinfmtdError becomes one line on stderr (and a JSON object with --json) and its exit code."""
-    try:
-        result = produce()
-    except BinfmtdError as exc:
-        _say("error", str(exc))
-        if as_json:
-            print(json.dumps({"ok": False, "changed": False, "error": str(exc), "exit_code": exc.exit_code}))
-        raise typer.Exit(exc.exit_code) from None
-    if as_json:
-        payload = result.to_json() if hasattr(result, "to_json") else result
-        print(json.dumps(payload, indent=None if not sys.stdout.isatty() else 2))
-    else:
-        render(result)
-    raise typer.Exit(exit_code(result))
-
-
-def _table(rows: list[list[str]]) -> None:
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]) - 1)]
-    for row in rows:
-        cells = [str(cell).ljust(width) for cell, width in zip(row, widths)]
-        print("  ".join(cells + [str(row[-1])]).rstrip())
-
-
-def _render_change(report: commands.ChangeReport) -> None:
-    for warning in report.warnings:
-        _say("warning", warning)
-    rows = [["TARGET", "PLATFORM", "ACTION", "REASON"]]
-    rows += [[r["target"], r["platform"] or "-", ("would be " if report.check and r["action"] not in
-              ("unchanged", "skipped") else "") + r["action"], r["reason"]] for r in report.results]
-    _table(rows)
-    for error in report.errors:
-        _say("error", error["message"])
-
-
-def _change_exit(report: commands.ChangeReport) -> int:
-    return EXIT_OK if report.ok else EXIT_FAILED
-
-
-def _change(produce, as_json: bool) -> None:
-    def produce_and_warn():
-        report = produce()
-        if as_json:  # warnings still reach the operator, on stderr
-            for warning in report.warnings:
-                _say("warning", warning)
-            for error in report.errors:
-                _say("error", error["message"])
-        return report
-    _run(produce_and_warn, as_json, _render_change, _change_exit)
+def _exit(code: int) -> None:
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -87,7 +33,7 @@ def apply(targets: Optional[List[str]] = TargetsArg,
           check: bool = typer.Option(False, "--check", help="Show the plan, change nothing."),
           as_json: bool = JsonOpt, config: Optional[str] = ConfigOpt) -> None:
     """Register the entries (idempotent). With no TARGET: the config's targets, else every non-native one."""
-    _change(lambda: commands.apply(targets or (), all_targets, flags, force, check, config), as_json)
+    _exit(finish_change(lambda: commands.apply(targets or (), all_targets, flags, force, check, config), as_json))
 
 
 @app.command()
@@ -97,26 +43,26 @@ def remove(targets: Optional[List[str]] = TargetsArg,
            check: bool = typer.Option(False, "--check", help="Show the plan, change nothing."),
            as_json: bool = JsonOpt) -> None:
     """Remove binfmtd's entries (others' only with --force); entries it took over are put back."""
-    _change(lambda: commands.remove(targets or (), all_targets, force, check), as_json)
+    _exit(finish_change(lambda: commands.remove(targets or (), all_targets, force, check), as_json))
 
 
 @app.command()
 def status(as_json: bool = JsonOpt) -> None:
     """Show binfmt_misc and every registered entry, with its target and owner."""
     def render(result: dict) -> None:
-        table = result["binfmt_misc"]
-        where = "private user-namespace table" if table["private"] else "host table"
-        state = ("mounted, " + ("enabled" if table["enabled"] else "DISABLED")) if table["mounted"] else "NOT MOUNTED"
-        print(f"binfmt_misc: {table['path']} {state} ({where})")
+        misc = result["binfmt_misc"]
+        where = "private user-namespace table" if misc["private"] else "host table"
+        state = ("mounted, " + ("enabled" if misc["enabled"] else "DISABLED")) if misc["mounted"] else "NOT MOUNTED"
+        print(f"binfmt_misc: {misc['path']} {state} ({where})")
         if result["entries"]:
             rows = [["NAME", "TARGET", "PLATFORM", "STATE", "FLAGS", "OWNER", "INTERPRETER"]]
             rows += [[e["name"], e["target"] or "-", e["platform"] or "-",
                       "enabled" if e["enabled"] else "disabled", e["flags"] or "-", e["owner"], e["interpreter"]]
                      for e in result["entries"]]
-            _table(rows)
+            table(rows)
         else:
             print("no entries registered")
-    _run(commands.status, as_json, render)
+    _exit(finish(commands.status, as_json, render))
 
 
 @app.command("check")
@@ -127,8 +73,8 @@ def check_cmd(targets: Optional[List[str]] = TargetsArg, as_json: bool = JsonOpt
         for c in result["checks"]:
             print(f"{'ok' if c['ok'] else 'FAIL':4}  {c['name']}: {c['detail']}"
                   + (f"\n      fix: {c['fix']}" if c["fix"] else ""))
-    _run(lambda: commands.check(targets or (), config), as_json, render,
-         lambda result: EXIT_OK if result["ok"] else EXIT_FAILED)
+    _exit(finish(lambda: commands.check(targets or (), config), as_json, render,
+                 lambda result: EXIT_OK if result["ok"] else EXIT_FAILED))
 
 
 @app.command("targets")
@@ -138,8 +84,8 @@ def targets_cmd(as_json: bool = JsonOpt) -> None:
         rows = [["TARGET", "PLATFORMS", "FAMILY", "NATIVE"]]
         rows += [[t["target"], ",".join(t["platforms"]) or "-", t["family"], "yes" if t["native"] else ""]
                  for t in result["targets"]]
-        _table(rows)
-    _run(lambda: {"targets": commands.list_targets()}, as_json, render)
+        table(rows)
+    _exit(finish(lambda: {"targets": commands.list_targets()}, as_json, render))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -150,7 +96,7 @@ def sandbox(command: List[str] = typer.Argument(..., metavar="-- COMMAND...")) -
     try:
         exec_in_sandbox(command)
     except BinfmtdError as exc:
-        _say("error", str(exc))
+        say("error", str(exc))
         raise typer.Exit(exc.exit_code) from None
 
 
@@ -167,5 +113,4 @@ def _main(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def main() -> None:
-    os.environ.setdefault("TYPER_USE_RICH", "0")
     app(prog_name="binfmtd")

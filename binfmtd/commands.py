@@ -13,7 +13,7 @@ from binfmtd.entry import flags_problem, normalize_flags
 from binfmtd.errors import HostUnsupported, UsageError
 from binfmtd.interpreters import DEFAULT_INTERPRETER_DIRS, Interpreter, read_interpreter
 from binfmtd.plan import Desired, Plan, plan_apply, plan_remove
-from binfmtd.state import load_state, locked, save_state, state_dir_from_env
+from binfmtd.state import State, load_state, locked, save_state, state_dir_from_env
 from binfmtd.targets import TARGETS, Target, lookup
 
 DEFAULT_FLAGS = "POCF"
@@ -100,28 +100,31 @@ def apply(names=(), all_targets=False, flags: str | None = None, force=False, ch
         raise UsageError(f"--flags: {problem}")
     dirs = (config and config.interpreter_dirs) or DEFAULT_INTERPRETER_DIRS
     path, state_dir = _paths(binfmt_misc, state_dir)
-    host = facts.read_host(path)
-    targets, explicit = desired_targets(names, all_targets, config, host.native)
-    desired = Desired(targets, normalize_flags(flags), explicit, force)
 
-    def plan_now(host: facts.Host) -> Plan:
-        return plan_apply(desired, host, _read_interpreters(targets, host.native, dirs), load_state(state_dir))
+    resolve_targets(names)  # an unknown target fails before anything changes
+
+    def plan_now(host: facts.Host, state: State) -> Plan:
+        targets, explicit = desired_targets(names, all_targets, config, host.native)
+        desired = Desired(targets, normalize_flags(flags), explicit, force)
+        return plan_apply(desired, host, _read_interpreters(targets, host.native, dirs), state)
 
     if check:
-        plan = plan_now(host)
+        host = facts.read_host(path)
+        plan = plan_now(host, load_state(state_dir))
         if plan.mount:
             plan.warnings.insert(0, f"binfmt_misc is not mounted on {path}; apply would mount it")
         return _report(plan, True, [(a.target.name, a.error) for a in plan.actions if a.error])
-    _require_root_and_kernel(host.kernel)
+    _require_root_and_kernel(facts.read_kernel())
     from binfmtd.act import execute, mount_binfmt_misc
 
-    with locked(state_dir):
+    with locked(state_dir):  # facts are read under the lock: a concurrent run may just have acted
+        host = facts.read_host(path)
         mounted_now = not host.binfmt_misc.mounted
         if mounted_now:
             mount_binfmt_misc(path)
             host = facts.read_host(path)
         state = load_state(state_dir)
-        plan = plan_apply(desired, host, _read_interpreters(targets, host.native, dirs), state)
+        plan = plan_now(host, state)
         plan.mount = mounted_now
         outcome = execute(plan, path, host.kernel, state)
         save_state(state_dir, state)
@@ -133,17 +136,16 @@ def remove(names=(), all_targets=False, force=False, check=False, config_file: s
     if not names and not all_targets:
         raise UsageError("name the targets to remove, or pass --all")
     path, state_dir = _paths(binfmt_misc, state_dir)
-    host = facts.read_host(path)
     targets = resolve_targets(names) if names else TARGETS
-    if check or not host.binfmt_misc.mounted:
-        plan = plan_remove(targets, host, load_state(state_dir), force)
-        return _report(plan, check, [])
-    _require_root_and_kernel(host.kernel)
+    if check:
+        return _report(plan_remove(targets, facts.read_host(path), load_state(state_dir), force), True, [])
+    _require_root_and_kernel(facts.read_kernel())
     from binfmtd.act import execute
 
     with locked(state_dir):
+        host = facts.read_host(path)
         state = load_state(state_dir)
-        plan = plan_remove(targets, facts.read_host(path), state, force)
+        plan = plan_remove(targets, host, state, force)
         outcome = execute(plan, path, host.kernel, state)
         save_state(state_dir, state)
     return _report(plan, False, outcome.errors)

@@ -77,8 +77,8 @@ class BinfmtMisc:
 
 
 def read_binfmt_misc(path: str = DEFAULT_BINFMT_MISC, trigger_automount: bool = True) -> BinfmtMisc:
-    supported = parse_filesystems(_read("/proc/filesystems"))
-    mount_type = parse_mount_type(_read("/proc/self/mountinfo"), path)
+    supported = parse_filesystems(read_text("/proc/filesystems"))
+    mount_type = parse_mount_type(read_text("/proc/self/mountinfo"), path)
     if mount_type == "autofs" and trigger_automount:
         # An automount (Amazon Linux 2023, systemd's proc-sys-fs-binfmt_misc.automount) mounts on
         # first access; look inside and read mountinfo again to see what is really there.
@@ -86,9 +86,9 @@ def read_binfmt_misc(path: str = DEFAULT_BINFMT_MISC, trigger_automount: bool = 
             os.listdir(path)
         except OSError:
             pass
-        mount_type = parse_mount_type(_read("/proc/self/mountinfo"), path)
+        mount_type = parse_mount_type(read_text("/proc/self/mountinfo"), path)
     mounted = mount_type == "binfmt_misc"
-    enabled = mounted and _read(os.path.join(path, "status")).strip() == "enabled"
+    enabled = mounted and read_text(os.path.join(path, "status")).strip() == "enabled"
     return BinfmtMisc(path, supported, mounted, mount_type, enabled,
                       read_entries(path) if mounted else (), private=in_child_user_namespace())
 
@@ -131,7 +131,7 @@ def read_kernel() -> Kernel:
     return parse_kernel_release(os.uname().release)
 
 
-def _read(path: str) -> str:
+def read_text(path: str) -> str:
     try:
         with open(path) as f:
             return f.read()

@@ -222,4 +222,4 @@ def claims(magic: bytes, mask: bytes, offset: int, header: bytes) -> bool:
     window = header[offset:offset + len(magic)]
     if len(window) < len(magic):
         return False
-    return all((b ^ m) & k == 0 for b, m, k in zip(window, magic, mask))
+    return (int.from_bytes(window) ^ int.from_bytes(magic)) & int.from_bytes(mask) == 0
