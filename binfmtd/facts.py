@@ -87,7 +87,9 @@ def read_binfmt_misc(path: str = DEFAULT_BINFMT_MISC, trigger_automount: bool = 
         except OSError:
             pass
         mount_type = parse_mount_type(read_text("/proc/self/mountinfo"), path)
-    mounted = mount_type == "binfmt_misc"
+    # mountinfo can list a binfmt_misc mount that a later /proc mount hides (a fresh container's
+    # or namespace's /proc): the register file must be there too.
+    mounted = mount_type == "binfmt_misc" and os.path.exists(os.path.join(path, "register"))
     enabled = mounted and read_text(os.path.join(path, "status")).strip() == "enabled"
     return BinfmtMisc(path, supported, mounted, mount_type, enabled,
                       read_entries(path) if mounted else (), private=in_child_user_namespace())

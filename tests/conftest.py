@@ -72,8 +72,10 @@ class Namespace:
         for i, command in enumerate(commands):
             lines.append(f"( {command} ) >{out}/{i}.out 2>{out}/{i}.err; echo $? >{out}/{i}.rc")
         run_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+        # A new PID namespace and /proc, like a freshly booted host: binfmt_misc is not mounted
+        # there even when the host has mounted its own.
         done = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "--propagation", "private",
-                               "sh", "-c", "\n".join(lines)], env=run_env, capture_output=True, text=True,
+                               "--pid", "--fork", "--mount-proc", "sh", "-c", "\n".join(lines)], env=run_env, capture_output=True, text=True,
                               timeout=timeout)
         assert done.returncode == 0, f"namespace setup failed ({done.returncode}): {done.stderr}"
         return [Step(c, int((out / f"{i}.rc").read_text()), (out / f"{i}.out").read_text(),
