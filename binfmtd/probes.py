@@ -39,6 +39,8 @@ from dataclasses import dataclass
 
 MARKER = "binfmtd-probe:"
 
+# The layout of the module docstring. The code literals below load these addresses as immediates:
+# changing one means re-assembling every architecture's code.
 _BASE = 0x400000
 _MARKER_ADDR = _BASE + 0x100
 _DESCRIPTOR_ADDR = _BASE + 0x110
