@@ -88,6 +88,31 @@ def targets_cmd(as_json: bool = JsonOpt) -> None:
     _exit(finish(lambda: {"targets": commands.list_targets()}, as_json, render))
 
 
+@app.command()
+def export(targets: Optional[List[str]] = TargetsArg,
+           fmt: str = typer.Option(..., "--format", help="binfmt.d (systemd-binfmt) or binfmt-support "
+                                   "(update-binfmts --import)."),
+           dest: str = typer.Option(..., "--dest", metavar="DIR", help="Directory to write the files to."),
+           all_targets: bool = typer.Option(False, "--all", help="Every known target (native ones are skipped)."),
+           flags: Optional[str] = typer.Option(None, "--flags", help="binfmt_misc flags (default POCF)."),
+           as_json: bool = JsonOpt, config: Optional[str] = ConfigOpt) -> None:
+    """Write the entries apply would register as files for systemd-binfmt or binfmt-support."""
+    from binfmtd.export import export_entries
+
+    def render(result: dict) -> None:
+        for item in result["files"]:
+            print(item["path"])
+    _exit(finish(lambda: export_entries(fmt, dest, targets or (), all_targets, flags, config), as_json, render))
+
+
+@app.command()
+def daemon(config: Optional[str] = ConfigOpt) -> None:
+    """Apply the config, then keep the host there: repair drift, reload on SIGHUP (for systemd)."""
+    from binfmtd.daemon import run_daemon
+
+    _exit(run_daemon(config))
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def sandbox(command: List[str] = typer.Argument(..., metavar="-- COMMAND...")) -> None:
     """Run COMMAND in a private user+mount namespace with its own binfmt_misc (Linux 6.7+)."""

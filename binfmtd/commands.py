@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 
 from binfmtd import facts
 from binfmtd.config import Config, load_config
-from binfmtd.entry import flags_problem, normalize_flags
-from binfmtd.errors import HostUnsupported, UsageError
+from binfmtd.entry import Entry, flags_problem, normalize_flags
+from binfmtd.errors import BinfmtdError, HostUnsupported, UsageError
 from binfmtd.interpreters import DEFAULT_INTERPRETER_DIRS, Interpreter, read_interpreter
 from binfmtd.plan import Desired, Plan, plan_apply, plan_remove
 from binfmtd.state import State, load_state, locked, save_state, state_dir_from_env
@@ -129,6 +129,28 @@ def apply(names=(), all_targets=False, flags: str | None = None, force=False, ch
         outcome = execute(plan, path, host.kernel, state)
         save_state(state_dir, state)
     return _report(plan, False, outcome.errors)
+
+
+def desired_entries(names=(), all_targets=False, flags: str | None = None,
+                    config_file: str | None = None) -> tuple[list[Entry], list[str]]:
+    """The entries `apply` would register on a host with an empty table (for export), and why
+    each other target is left out."""
+    config = load_config(config_file)
+    flags = flags if flags is not None else (config and config.flags) or DEFAULT_FLAGS
+    if problem := flags_problem(flags):
+        raise UsageError(f"--flags: {problem}")
+    dirs = (config and config.interpreter_dirs) or DEFAULT_INTERPRETER_DIRS
+    native = tuple(t.name for t in facts.native_targets())
+    targets, explicit = desired_targets(names, all_targets, config, native)
+    kernel = facts.read_kernel()
+    empty = facts.Host(kernel, os.uname().machine,
+                       facts.BinfmtMisc(facts.DEFAULT_BINFMT_MISC, True, True, "binfmt_misc", True), native)
+    plan = plan_apply(Desired(targets, normalize_flags(flags), explicit, False), empty,
+                      _read_interpreters(targets, native, dirs), State())
+    errors = [a.error for a in plan.actions if a.error]
+    if errors:
+        raise BinfmtdError("; ".join(errors))
+    return [a.new for a in plan.actions if a.new], [f"{a.target.name}: {a.reason}" for a in plan.actions if not a.new]
 
 
 def remove(names=(), all_targets=False, force=False, check=False, config_file: str | None = None,

@@ -10,11 +10,31 @@ from dataclasses import dataclass
 from binfmtd.errors import UsageError
 
 DEFAULT_CONFIG = "/etc/binfmtd/binfmtd.toml"
-KEYS = {
-    "targets": 'a list of targets or platforms, or "all"',
-    "flags": 'a string of binfmt_misc flags from P, O, C, F, e.g. "POCF"',
-    "interpreter_dirs": "a list of absolute directory paths",
+ENGINES = ("auto", "sandbox", "docker", "podman", "nerdctl")
+
+
+def _strings(value) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) and v for v in value)
+
+
+def _seconds(low: float, high: float):
+    return lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and low <= v <= high
+
+
+# (table, key) -> (check, what is allowed); table "" is the top level.
+SCHEMA = {
+    ("", "targets"): (lambda v: v == "all" or _strings(v), 'a list of targets or platforms, or "all"'),
+    ("", "flags"): (lambda v: isinstance(v, str) and not set(v.upper()) - set("POCF"),
+                    'a string of binfmt_misc flags from P, O, C, F, e.g. "POCF"'),
+    ("", "interpreter_dirs"): (lambda v: _strings(v) and all(d.startswith("/") for d in v),
+                               "a list of absolute directory paths"),
+    ("daemon", "interval"): (_seconds(0.1, 3600), "seconds between drift checks, 0.1 to 3600"),
+    ("daemon", "textfile"): (lambda v: isinstance(v, str) and v.startswith("/"),
+                             "an absolute path for Prometheus' textfile collector"),
+    ("verify", "engine"): (lambda v: v in ENGINES, "one of " + ", ".join(ENGINES)),
+    ("verify", "timeout"): (_seconds(1, 600), "seconds per probe, 1 to 600"),
 }
+TABLES = {"daemon", "verify"}
 
 
 @dataclass(frozen=True)
@@ -23,6 +43,10 @@ class Config:
     targets: tuple[str, ...] | None = None  # None: not set; ("all",): every target
     flags: str | None = None
     interpreter_dirs: tuple[str, ...] | None = None
+    daemon_interval: float = 2.0
+    daemon_textfile: str | None = None
+    verify_engine: str = "auto"
+    verify_timeout: float = 20.0
 
 
 def config_path(explicit: str | None) -> tuple[str, bool]:
@@ -55,34 +79,37 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{path}: invalid TOML: {exc}") from None
-
-    def fail(key: str, problem: str) -> UsageError:
-        return UsageError(f"{path}:{_line_of(text, key)}: {key}: {problem}; expected {KEYS[key]}")
-
-    for key in data:
-        if key not in KEYS:
-            raise UsageError(f"{path}:{_line_of(text, key)}: unknown key {key!r}; allowed keys are "
-                             + ", ".join(KEYS))
-    targets = data.get("targets")
-    if targets is not None:
-        if targets == "all":
-            targets = ["all"]
-        if not isinstance(targets, list) or not all(isinstance(t, str) and t for t in targets):
-            raise fail("targets", f"got {targets!r}")
-    flags = data.get("flags")
-    if flags is not None:
-        if not isinstance(flags, str) or set(flags.upper()) - set("POCF"):
-            raise fail("flags", f"got {flags!r}")
-    dirs = data.get("interpreter_dirs")
-    if dirs is not None:
-        if not isinstance(dirs, list) or not all(isinstance(d, str) and d.startswith("/") for d in dirs):
-            raise fail("interpreter_dirs", f"got {dirs!r}")
-    return Config(path, tuple(targets) if targets is not None else None, flags,
-                  tuple(dirs) if dirs is not None else None)
+    values: dict[str, object] = {}
+    for table, key, value in _items(data):
+        where = f"{path}:{_line_of(text, table, key)}: {table + '.' if table else ''}{key}"
+        if (table, key) not in SCHEMA:
+            allowed = ", ".join(f"{t + '.' if t else ''}{k}" for t, k in SCHEMA)
+            raise UsageError(f"{where}: unknown key; allowed keys are {allowed}")
+        check, allowed = SCHEMA[(table, key)]
+        if not check(value):
+            raise UsageError(f"{where}: got {value!r}; expected {allowed}")
+        values[f"{table}_{key}" if table else key] = tuple(value) if isinstance(value, list) else value
+    if values.get("targets") == "all":
+        values["targets"] = ("all",)
+    return Config(path, **values)
 
 
-def _line_of(text: str, key: str) -> int:
+def _items(data: dict):
+    for key, value in data.items():
+        if key in TABLES and isinstance(value, dict):
+            for sub, subvalue in value.items():
+                yield key, sub, subvalue
+        else:
+            yield "", key, value
+
+
+def _line_of(text: str, table: str, key: str) -> int:
+    """The line a key is on, within its [table] when it has one (for error messages)."""
+    current = ""
     for number, line in enumerate(text.splitlines(), 1):
-        if re.match(rf"\s*{re.escape(key)}\s*=", line):
+        header = re.match(r"\s*\[\s*([A-Za-z0-9_.-]+)\s*\]", line)
+        if header:
+            current = header.group(1)
+        elif current == table and re.match(rf"\s*{re.escape(key)}\s*=", line):
             return number
     return 1

@@ -151,12 +151,21 @@ def test_config_parses_targets_flags_and_dirs():
     assert parse_config('targets = "all"').targets == ("all",)
 
 
+def test_config_tables_for_daemon_and_verify():
+    config = parse_config('flags = "POF"\n[daemon]\ninterval = 0.5\n[verify]\nengine = "podman"\ntimeout = 5\n')
+    assert (config.daemon_interval, config.verify_engine, config.verify_timeout) == (0.5, "podman", 5)
+    assert parse_config("").daemon_interval == 2.0
+
+
 @pytest.mark.parametrize("text, words", [
     ('targets = ["arm64"\n', "/etc/x.toml: invalid TOML"),
     ('\n\nflags = "POX"\n', "/etc/x.toml:3: flags: got 'POX'"),
     ('targets = "arm64"\n', "/etc/x.toml:1: targets"),
     ('interpreter_dirs = ["rel"]\n', "interpreter_dirs"),
-    ('\ntarget = ["arm64"]\n', "/etc/x.toml:2: unknown key 'target'"),
+    ('\ntarget = ["arm64"]\n', "/etc/x.toml:2: target: unknown key; allowed keys are targets"),
+    ('[daemon]\ninterval = 0\n', "/etc/x.toml:2: daemon.interval: got 0; expected seconds between drift checks"),
+    ('[daemon]\ninterval = 1\n[verify]\nengine = "lxc"\n', "/etc/x.toml:4: verify.engine: got 'lxc'; expected one of"),
+    ('[verify]\nspeed = 1\n', "/etc/x.toml:2: verify.speed: unknown key"),
 ])
 def test_config_errors_name_file_line_and_key(text, words):
     with pytest.raises(UsageError) as exc:
