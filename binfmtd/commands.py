@@ -12,6 +12,7 @@ from binfmtd.config import Config, load_config
 from binfmtd.entry import Entry, flags_problem, normalize_flags
 from binfmtd.errors import BinfmtdError, HostUnsupported, UsageError
 from binfmtd.interpreters import DEFAULT_INTERPRETER_DIRS, Interpreter, read_interpreter
+from binfmtd.native import read_native
 from binfmtd.plan import Desired, Plan, plan_apply, plan_remove
 from binfmtd.state import State, load_state, locked, save_state, state_dir_from_env
 from binfmtd.targets import TARGETS, Target, lookup
@@ -109,7 +110,7 @@ def apply(names=(), all_targets=False, flags: str | None = None, force=False, ch
         return plan_apply(desired, host, _read_interpreters(targets, host.native, dirs), state)
 
     if check:
-        host = facts.read_host(path)
+        host = facts.read_host(path, read_native(state_dir, remember=False)[0])
         plan = plan_now(host, load_state(state_dir))
         if plan.mount:
             plan.warnings.insert(0, f"binfmt_misc is not mounted on {path}; apply would mount it")
@@ -118,11 +119,12 @@ def apply(names=(), all_targets=False, flags: str | None = None, force=False, ch
     from binfmtd.act import execute, mount_binfmt_misc
 
     with locked(state_dir):  # facts are read under the lock: a concurrent run may just have acted
-        host = facts.read_host(path)
+        native = read_native(state_dir, remember=True)[0]
+        host = facts.read_host(path, native)
         mounted_now = not host.binfmt_misc.mounted
         if mounted_now:
             mount_binfmt_misc(path)
-            host = facts.read_host(path)
+            host = facts.read_host(path, native)
         state = load_state(state_dir)
         plan = plan_now(host, state)
         plan.mount = mounted_now
@@ -140,7 +142,7 @@ def desired_entries(names=(), all_targets=False, flags: str | None = None,
     if problem := flags_problem(flags):
         raise UsageError(f"--flags: {problem}")
     dirs = (config and config.interpreter_dirs) or DEFAULT_INTERPRETER_DIRS
-    native = tuple(t.name for t in facts.native_targets())
+    native = read_native(None, remember=False)[0]
     targets, explicit = desired_targets(names, all_targets, config, native)
     kernel = facts.read_kernel()
     empty = facts.Host(kernel, os.uname().machine,
@@ -201,8 +203,9 @@ def check(names=(), config_file: str | None = None, binfmt_misc: str | None = No
     def add(name: str, ok: bool, detail: str, fix: str | None = None) -> None:
         checks.append({"name": name, "ok": ok, "detail": detail, "fix": None if ok else fix})
 
-    path, _ = _paths(binfmt_misc, None)
-    host = facts.read_host(path)
+    path, state_dir = _paths(binfmt_misc, None)
+    native, how = read_native(state_dir, remember=False)
+    host = facts.read_host(path, native)
     kernel, table = host.kernel, host.binfmt_misc
     add("kernel", kernel.supports_fix_binary,
         f"Linux {kernel.release}: " + ", ".join(filter(None, [
@@ -219,6 +222,9 @@ def check(names=(), config_file: str | None = None, binfmt_misc: str | None = No
     if table.mounted:
         add("enabled", table.enabled, "binfmt_misc is enabled" if table.enabled else "binfmt_misc is disabled",
             f"echo 1 > {path}/status")
+    add("native", True, f"this {host.machine} host runs {', '.join(native) or 'no target'} natively ("
+        + ("measured by running probes with emulation impossible)" if how == "probe" else
+           "QEMU's CPU-family table; probes need Linux 6.7+)"))
     add("table", True, "private to this user namespace: registrations here do not reach the host"
         if table.private else "the host's table")
     try:
@@ -250,6 +256,6 @@ def check(names=(), config_file: str | None = None, binfmt_misc: str | None = No
 
 
 def list_targets() -> list[dict]:
-    native = {t.name for t in facts.native_targets()}
+    native = set(read_native(state_dir_from_env(), remember=False)[0])
     return [{"target": t.name, "platforms": list(t.platforms), "family": t.family, "native": t.name in native,
              "entry": t.entry_name} for t in TARGETS]

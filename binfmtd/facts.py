@@ -151,10 +151,12 @@ class Host:
     native: tuple[str, ...] = field(default=())
 
 
-def read_host(binfmt_misc_path: str = DEFAULT_BINFMT_MISC) -> Host:
+def read_host(binfmt_misc_path: str = DEFAULT_BINFMT_MISC, native: tuple[str, ...] | None = None) -> Host:
+    """The host's facts; `native` as measured by binfmtd.native, else QEMU's family table."""
     machine = os.uname().machine
-    return Host(read_kernel(), machine, read_binfmt_misc(binfmt_misc_path),
-                tuple(t.name for t in native_targets(machine)))
+    if native is None:
+        native = tuple(t.name for t in native_targets(machine))
+    return Host(read_kernel(), machine, read_binfmt_misc(binfmt_misc_path), native)
 
 
 def target_of_entry(entry: Entry) -> Target | None:

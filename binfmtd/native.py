@@ -1,0 +1,76 @@
+"""Which targets this host runs natively.
+
+On Linux 6.7+ this is measured, not guessed: the probes of the host's CPU family run in a user
+namespace that mounts its own, empty binfmt_misc, where nothing can be emulated, so what runs
+there is what the CPU and kernel run themselves (an arm64 CPU without AArch32 cannot run `arm`, which QEMU's
+CPU-family table would wrongly skip; an x86_64 kernel booted with ia32_emulation=0 cannot run
+i386). The answer holds for a boot, so it is cached in the state directory under the boot id.
+Older kernels, or hosts where the namespace cannot be made, fall back to the family table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+
+from binfmtd.facts import DEFAULT_BINFMT_MISC, native_targets, read_kernel, read_text
+
+CACHE_FILE = "native.json"
+RUN_PROBES = (f"mount -t binfmt_misc binfmt_misc {DEFAULT_BINFMT_MISC} || exit 90\n"
+              # a probe that fails to exec must not count: dash would run it as a script (ENOEXEC)
+              'for t in "$@"; do out=$("./$t" 2>/dev/null) && case "$out" in binfmtd-probe:*) echo "$t";; esac; done; exit 0')
+
+
+def probe_native(candidates: tuple[str, ...], timeout: float = 20.0) -> tuple[str, ...] | None:
+    """Which of `candidates` run with emulation impossible, or None if that cannot be tried."""
+    from binfmtd.probes import build_probe, supported_targets
+
+    names = [name for name in candidates if name in supported_targets()]
+    with tempfile.TemporaryDirectory(prefix="binfmtd-native-") as workdir:
+        for name in names:
+            path = os.path.join(workdir, name)
+            with open(path, "wb") as f:
+                f.write(build_probe(name))
+            os.chmod(path, 0o755)
+        try:
+            done = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", RUN_PROBES, "sh",
+                                   *names], cwd=workdir, capture_output=True, text=True, timeout=timeout)
+        except (OSError, subprocess.SubprocessError):
+            return None
+    if done.returncode != 0:
+        return None
+    ran = set(done.stdout.split())
+    return tuple(name for name in names if name in ran)
+
+
+def read_native(state_dir: str | None, remember: bool) -> tuple[tuple[str, ...], str]:
+    """The native targets and how they were found; measured once per boot when the kernel allows."""
+    boot_id = read_text("/proc/sys/kernel/random/boot_id").strip()
+    machine = os.uname().machine
+    cache_path = os.path.join(state_dir, CACHE_FILE) if state_dir else None
+    if cache_path:
+        try:
+            with open(cache_path) as f:
+                cached = json.load(f)
+            if cached.get("boot_id") == boot_id and cached.get("machine") == machine:
+                return tuple(cached["native"]), "probe"
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    # Only the CPU family's own targets can be native (QEMU's assumption, kept); the probe tells
+    # which of them really are.
+    family = tuple(t.name for t in native_targets(machine))
+    measured = probe_native(family) if read_kernel().binfmt_misc_per_userns else None
+    if measured is None:
+        return family, "family"
+    if remember and cache_path:
+        try:
+            os.makedirs(state_dir, mode=0o755, exist_ok=True)
+            tmp = f"{cache_path}.tmp.{os.getpid()}"
+            with open(tmp, "w") as f:
+                json.dump({"boot_id": boot_id, "machine": machine, "native": list(measured)}, f)
+            os.replace(tmp, cache_path)
+        except OSError:
+            pass  # a cache that cannot be written is measured again next time
+    return measured, "probe"
