@@ -88,6 +88,40 @@ def targets_cmd(as_json: bool = JsonOpt) -> None:
     _exit(finish(lambda: {"targets": commands.list_targets()}, as_json, render))
 
 
+@app.command("verify")
+def verify_cmd(targets: Optional[List[str]] = TargetsArg,
+               all_targets: bool = typer.Option(False, "--all", help="Every known target."),
+               engine: Optional[str] = typer.Option(None, "--engine", metavar="auto|sandbox|docker|podman|nerdctl",
+                                                    help="Where probes run (default: the config's, else auto)."),
+               image: Optional[str] = typer.Option(None, "--image", metavar="REF",
+                                                   help="Run `uname -m` in this image instead of binfmtd's probe."),
+               timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds per probe (default 20)."),
+               as_json: bool = JsonOpt, config: Optional[str] = ConfigOpt) -> None:
+    """Prove emulation works: run each target's probe and name the cause of every failure."""
+    from binfmtd.verify import verify
+
+    if engine is not None and engine not in ("auto", "sandbox", "docker", "podman", "nerdctl"):
+        say("error", f"--engine {engine!r}: expected auto, sandbox, docker, podman or nerdctl")
+        _exit(2)
+
+    def produce():
+        report = verify(targets or (), all_targets, engine, image, config, timeout)
+        for warning in report.warnings:
+            say("warning", warning)
+        return report
+
+    def render(report) -> None:
+        rows = [["TARGET", "PLATFORM", "RESULT", "MACHINE", "SECONDS"]]
+        rows += [[r["target"], r["platform"] or "-", "ok" if r["ok"] else "FAILED", r["machine"] or "-",
+                  f"{r['seconds']:.2f}"] for r in report.results]
+        print(f"engine: {report.engine}")
+        table(rows)
+        for r in report.results:
+            if not r["ok"]:
+                print(f"{r['target']}: {r['error']}\n  cause: {r['cause']}\n  fix: {r['fix']}")
+    _exit(finish(produce, as_json, render, lambda report: EXIT_OK if report.ok else EXIT_FAILED))
+
+
 @app.command()
 def export(targets: Optional[List[str]] = TargetsArg,
            fmt: str = typer.Option(..., "--format", help="binfmt.d (systemd-binfmt) or binfmt-support "

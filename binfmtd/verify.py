@@ -1,0 +1,312 @@
+"""`binfmtd verify`: prove that emulation works by running each target's probe the way a build
+would meet it, and name the cause and the fix of every failure.
+
+Engines: `sandbox` runs each probe in new user, mount, PID, network, IPC and UTS namespaces,
+chrooted into a directory holding the probe alone, so it passes only when the entry's F flag
+and interpreter really work without QEMU inside the root filesystem; `docker`, `podman` and
+`nerdctl` run a one-file probe image with `--platform`. Probes run in parallel, each bounded by a
+timeout. The sandbox sees the binfmt_misc of the namespace binfmtd runs in (a child user
+namespace without its own binfmt_misc mount inherits its parent's table).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from binfmtd import facts
+from binfmtd.config import load_config
+from binfmtd.errors import HostUnsupported, UsageError
+from binfmtd.interpreters import DEFAULT_INTERPRETER_DIRS, qemu_version, read_interpreter
+from binfmtd.native import read_native
+from binfmtd.probes import EXPECTED_MACHINE, build_probe, parse_probe_output
+from binfmtd.targets import TARGETS, Target
+
+CONTAINER_ENGINES = ("docker", "podman", "nerdctl")
+IMAGE = "binfmtd-probe"
+EXEC_ERRNO = "binfmtd-exec-errno:"
+
+# Runs inside the sandbox's namespaces: chroot into the probe's directory and execv it. Python's
+# execv reports the kernel's own errno (a shell or execvp would turn ENOEXEC into ENOENT).
+CHROOT_EXEC = (
+    "import os, sys\n"
+    "os.chroot(sys.argv[1]); os.chdir('/')\n"
+    "try:\n"
+    "    os.execv('/probe', ['/probe'])\n"
+    "except OSError as exc:\n"
+    f"    sys.stderr.write('{EXEC_ERRNO}%d\\n' % exc.errno); os._exit(127)\n"
+)
+
+
+@dataclass
+class ProbeRun:
+    returncode: int | None  # None: timed out
+    stdout: str
+    stderr: str
+    seconds: float
+
+    @property
+    def exec_errno(self) -> int | None:
+        for line in self.stderr.splitlines():
+            if line.startswith(EXEC_ERRNO):
+                return int(line[len(EXEC_ERRNO):])
+        return None
+
+
+def _run(argv: list[str], timeout: float, stdin: bytes | None = None) -> ProbeRun:
+    start = time.monotonic()
+    try:
+        done = subprocess.run(argv, input=stdin, capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        return ProbeRun(None, (exc.stdout or b"").decode(errors="replace"),
+                        (exc.stderr or b"").decode(errors="replace"), time.monotonic() - start)
+    return ProbeRun(done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace"),
+                    time.monotonic() - start)
+
+
+class Sandbox:
+    name = "sandbox"
+
+    def __init__(self, workdir: str):
+        self.workdir = workdir
+
+    def check(self, timeout: float) -> None:
+        kernel = facts.read_kernel()
+        if shutil.which("unshare") is None:
+            raise HostUnsupported("the sandbox engine needs unshare(1); install util-linux")
+        probe = _run(["unshare", "--user", "--map-root-user", "--mount", "--pid", "--fork", "--net", "--ipc",
+                      "--uts", "true"], timeout)
+        if probe.returncode != 0:
+            raise HostUnsupported(f"cannot create the sandbox's namespaces on kernel {kernel.release} "
+                                  f"({probe.stderr.strip() or 'timed out'}); use a container engine")
+
+    def platform_of(self, target: Target) -> str | None:
+        return target.platform
+
+    def run(self, target: Target, timeout: float) -> ProbeRun:
+        root = os.path.join(self.workdir, target.name)
+        os.makedirs(root, exist_ok=True)
+        path = os.path.join(root, "probe")
+        with open(path, "wb") as f:
+            f.write(build_probe(target.name))
+        os.chmod(path, 0o755)
+        return _run(["unshare", "--user", "--map-root-user", "--mount", "--pid", "--fork", "--net", "--ipc", "--uts",
+                     "--propagation", "private", sys.executable, "-I", "-S", "-c", CHROOT_EXEC, root], timeout)
+
+
+class ContainerEngine:
+    """docker, podman or nerdctl: a probe image per target, loaded from an archive binfmtd builds."""
+
+    def __init__(self, name: str, image: str | None = None):
+        self.name = name
+        self.user_image = image
+
+    def check(self, timeout: float) -> None:
+        if shutil.which(self.name) is None:
+            raise HostUnsupported(f"{self.name} is not installed; install it or use --engine sandbox")
+        info = _run([self.name, "info"], timeout)
+        if info.returncode != 0:
+            reason = "did not answer" if info.returncode is None else (info.stderr.strip().splitlines() or ["?"])[-1]
+            raise HostUnsupported(f"{self.name} is not answering ({reason}); start its daemon or use --engine sandbox")
+
+    def platform_of(self, target: Target) -> str | None:
+        return target.platform
+
+    def run(self, target: Target, timeout: float) -> ProbeRun:
+        platform = target.platform
+        if self.user_image:
+            return _run([self.name, "run", "--rm", "--platform", platform, "--network", "none", self.user_image,
+                         "uname", "-m"], timeout)
+        reference = f"{IMAGE}:{target.name}"
+        probe = build_probe(target.name)
+        digest = hashlib.sha256(probe).hexdigest()
+        if self._image_label(reference, timeout) != digest:
+            loaded = _run([self.name, "load"], timeout, stdin=image_archive(reference, platform, probe, digest))
+            if loaded.returncode != 0:
+                return ProbeRun(loaded.returncode, "", f"loading {reference} failed: {loaded.stderr.strip()}",
+                                loaded.seconds)
+        return _run([self.name, "run", "--rm", "--platform", platform, "--network", "none", reference], timeout)
+
+    def _image_label(self, reference: str, timeout: float) -> str | None:
+        inspect = _run([self.name, "image", "inspect", reference], timeout)
+        if inspect.returncode != 0:
+            return None
+        try:
+            image = json.loads(inspect.stdout)[0]
+        except (ValueError, IndexError):
+            return None
+        labels = (image.get("Config") or {}).get("Labels") or image.get("Labels") or {}
+        return labels.get("binfmtd.probe")
+
+
+def image_archive(reference: str, platform: str, probe: bytes, digest: str) -> bytes:
+    """A docker-archive (`docker save` format, which docker, podman and nerdctl load) holding one
+    layer with /probe, its entrypoint, and the platform's os/architecture/variant."""
+    def tar_of(files: dict[str, bytes], mode: int = 0o644) -> bytes:
+        out = io.BytesIO()
+        with tarfile.open(fileobj=out, mode="w") as tar:
+            for name, data in files.items():
+                info = tarfile.TarInfo(name)
+                info.size, info.mode, info.mtime = len(data), (0o755 if name == "probe" else mode), 0
+                tar.addfile(info, io.BytesIO(data))
+        return out.getvalue()
+
+    layer = tar_of({"probe": probe})
+    layer_id = hashlib.sha256(layer).hexdigest()
+    os_name, arch, *variant = platform.split("/")
+    config = {"architecture": arch, "os": os_name, "config": {"Entrypoint": ["/probe"],
+                                                            "Labels": {"binfmtd.probe": digest}},
+              "rootfs": {"type": "layers", "diff_ids": [f"sha256:{layer_id}"]}, "history": [{"created_by": "binfmtd"}]}
+    if variant:
+        config["variant"] = variant[0]
+    config_bytes = json.dumps(config, sort_keys=True).encode()
+    config_name = hashlib.sha256(config_bytes).hexdigest() + ".json"
+    manifest = [{"Config": config_name, "RepoTags": [reference], "Layers": [f"{layer_id}/layer.tar"]}]
+    return tar_of({config_name: config_bytes, f"{layer_id}/layer.tar": layer,
+                   "manifest.json": json.dumps(manifest).encode()})
+
+
+def pick_engine(name: str, workdir: str, image: str | None, timeout: float):
+    """The engine to use; `auto` is the first container engine that answers, else the sandbox."""
+    if name == "auto":
+        for candidate in CONTAINER_ENGINES:
+            if shutil.which(candidate):
+                engine = ContainerEngine(candidate, image)
+                try:
+                    engine.check(min(timeout, 10))
+                    return engine
+                except HostUnsupported:
+                    continue
+        if image:
+            raise HostUnsupported("--image needs a container engine and none is answering")
+        name = "sandbox"
+    engine = Sandbox(workdir) if name == "sandbox" else ContainerEngine(name, image)
+    if image and name == "sandbox":
+        raise UsageError("--image needs a container engine (--engine docker, podman or nerdctl)")
+    engine.check(min(timeout, 10))
+    return engine
+
+
+@dataclass
+class VerifyReport:
+    engine: str
+    results: list[dict]
+    warnings: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return all(r["ok"] for r in self.results)
+
+    def to_json(self) -> dict:
+        return {"ok": self.ok, "engine": self.engine, "results": self.results}
+
+
+def verify(names=(), all_targets=False, engine_name: str | None = None, image: str | None = None,
+           config_file: str | None = None, timeout: float | None = None, binfmt_misc: str | None = None) -> VerifyReport:
+    from binfmtd.commands import desired_targets, resolve_targets
+
+    config = load_config(config_file)
+    engine_name = engine_name or (config.verify_engine if config else "auto")
+    timeout = timeout or (config.verify_timeout if config else 20.0)
+    resolve_targets(names)  # unknown targets fail before anything runs
+    path = binfmt_misc or facts.DEFAULT_BINFMT_MISC
+    native, _ = read_native(os.environ.get("BINFMTD_STATE_DIR") or None, remember=False)
+    host = facts.read_host(path, native)
+    targets, _ = desired_targets(names, all_targets, config, host.native)
+    dirs = (config and config.interpreter_dirs) or DEFAULT_INTERPRETER_DIRS
+    with tempfile.TemporaryDirectory(prefix="binfmtd-verify-") as workdir:
+        engine = pick_engine(engine_name, workdir, image, timeout)
+        if engine.name != "sandbox":
+            without = [t.name for t in targets if not t.platform]
+            if without and names:
+                raise UsageError(f"{', '.join(without)} have no container platform; verify them with --engine sandbox")
+            targets = tuple(t for t in targets if t.platform)
+        with ThreadPoolExecutor(max_workers=max(1, min(len(targets), 32))) as pool:
+            runs = list(pool.map(lambda t: engine.run(t, timeout), targets))
+    warnings = []
+    if host.binfmt_misc.private:
+        warnings.append("the table checked is this user namespace's private one, not the host's")
+    results = [diagnose(t, run, host, read_interpreter(t.qemu, dirs), engine.name, image is not None)
+               for t, run in zip(targets, runs)]
+    return VerifyReport(engine.name, results, warnings)
+
+
+def diagnose(target: Target, run: ProbeRun, host: facts.Host, interpreter, engine: str, user_image: bool) -> dict:
+    """The report for one target: what ran, what it said, and for a failure the cause and fix."""
+    entry = host.binfmt_misc.entry(target.entry_name)
+    native = target.name in host.native
+    machine = (run.stdout.strip().splitlines() or [""])[-1] if user_image else parse_probe_output(run.stdout)
+    expected = {host.machine} if native else {EXPECTED_MACHINE[target.name]}
+    ok = run.returncode == 0 and (machine in expected or (user_image and bool(machine)))
+    result = {
+        "target": target.name, "platform": target.platform, "ok": ok, "machine": machine,
+        "seconds": round(run.seconds, 3), "error": None, "cause": None, "fix": None, "native": native,
+        "entry": {"name": target.entry_name, "present": entry is not None,
+                  "enabled": bool(entry and entry.enabled), "flags": entry.flags if entry else None},
+        "interpreter": {"path": interpreter.path, "static": interpreter.static, "safe": interpreter.problem is None},
+    }
+    if ok:
+        return result
+    result["error"] = _error_text(run)
+    result["cause"], result["fix"] = _cause(target, run, host, entry, interpreter, engine, machine, expected)
+    return result
+
+
+def _error_text(run: ProbeRun) -> str:
+    if run.returncode is None:
+        return f"timed out after {run.seconds:.1f}s"
+    code = run.exec_errno
+    if code is not None:
+        return f"exec failed: {errno.errorcode.get(code, code)} ({os.strerror(code)})"
+    lines = [line for line in run.stderr.strip().splitlines() if line]
+    return (lines[-1] if lines else f"exit status {run.returncode}")[:300]
+
+
+def _cause(target, run, host, entry, interpreter, engine, machine, expected) -> tuple[str, str]:
+    from binfmtd.plan import shadowing_entries
+
+    table = host.binfmt_misc
+    others = [e.name for e in shadowing_entries(target, host) if e.enabled]
+    if run.returncode is None:
+        return "the probe did not finish in time", "raise the timeout (--timeout), or check the host's load"
+    if "uncaught target signal" in run.stderr or (run.returncode and run.returncode >= 128 and interpreter.path):
+        version = qemu_version(interpreter.path) if interpreter.path else None
+        return (f"the emulator crashed (QEMU {version or '?'}): {_error_text(run)}",
+                "upgrade qemu-user-static; report the crash to QEMU with the probe")
+    if machine and machine not in expected:
+        return (f"the probe ran but reported {machine!r}, not {sorted(expected)[0]!r}"
+                + (f": entry {others[0]!r} (not binfmtd's) claims these binaries" if others else ""),
+                f"remove the shadowing entry (echo -1 > {table.path}/{others[0]}) and run binfmtd apply"
+                if others else "check which entry claims the binaries: binfmtd status")
+    if not table.mounted:
+        return f"binfmt_misc is not mounted on {table.path}", "run binfmtd apply (it mounts it)"
+    if not table.enabled:
+        return "binfmt_misc is disabled for the whole table", f"echo 1 > {table.path}/status"
+    if entry is None and not others:
+        suffix = " (this is a private user-namespace table, not the host's)" if table.private else ""
+        return f"no entry claims {target.name} binaries{suffix}", f"binfmtd apply {target.name}"
+    if entry is not None and not entry.enabled:
+        return f"entry {entry.name} is disabled", f"binfmtd apply {target.name} (re-enables it)"
+    code = run.exec_errno
+    if entry is not None and "F" not in entry.flags and not os.path.exists(entry.interpreter):
+        return f"interpreter {entry.interpreter} is gone", "install qemu-user-static, then binfmtd apply"
+    if entry is not None and "F" not in entry.flags and (engine != "sandbox" or code == errno.ENOENT):
+        return (f"entry {entry.name} lacks the F flag: the kernel looks for {entry.interpreter} inside the container, "
+                "where it does not exist", f"binfmtd apply {target.name} --force (flags POCF)")
+    if code == errno.ENOEXEC:
+        return "no enabled entry claims the probe (ENOEXEC)", f"binfmtd apply {target.name}"
+    if "exec format error" in run.stderr.lower():
+        return "the container runtime could not execute the probe (exec format error): no entry claims it", \
+            f"binfmtd apply {target.name} on the host the engine runs on"
+    return f"the probe failed: {_error_text(run)}", "run binfmtd check and binfmtd status"

@@ -1,0 +1,201 @@
+"""binfmtd verify: probes prove emulation in a sandbox and in real containers, and every broken
+target is named with its cause."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from binfmtd.facts import Host, BinfmtMisc, parse_kernel_release
+from binfmtd.entry import Entry
+from binfmtd.interpreters import Interpreter
+from binfmtd.probes import EXPECTED_MACHINE
+from binfmtd.targets import BY_NAME, TARGETS
+from binfmtd.verify import ProbeRun, diagnose
+
+from conftest import BINFMT_MISC, BINFMTD, ROOT, need, qemu
+
+CONTRACT_FIELDS = {"target", "platform", "ok", "machine", "seconds", "error"}
+
+
+def test_sandbox_verifies_every_registered_target_with_its_machine(ns):
+    apply, verify = ns.run(f"{BINFMTD} apply --all", f"{BINFMTD} verify --all --engine sandbox --json")
+    report = verify.json()
+    assert verify.rc == 0 and report["ok"] and report["engine"] == "sandbox", verify.out
+    native = {r["target"] for r in report["results"] if r["native"]}
+    assert native >= {"x86_64"} if os.uname().machine == "x86_64" else native
+    for r in report["results"]:
+        assert CONTRACT_FIELDS <= set(r) and r["ok"] and r["error"] is None and r["seconds"] > 0
+        if r["target"] not in native:
+            assert r["machine"] == EXPECTED_MACHINE[r["target"]]
+            assert r["entry"] == {"name": f"qemu-{r['target']}", "present": True, "enabled": True, "flags": "POCF"}
+
+
+def test_broken_targets_fail_with_their_cause_and_exit_1(ns, tmp_path):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    shutil.copy(qemu("s390x"), bindir / "qemu-s390x-static")
+    (tmp_path / "c.toml").write_text(f'interpreter_dirs = ["{bindir}", "/usr/bin"]\n')
+    steps = ns.run(f"{BINFMTD} apply aarch64 riscv64 arm",  # arm: F-flagged, then disabled
+                   f"{BINFMTD} apply ppc64le --flags POC",  # no F: containers cannot see QEMU
+                   f"{BINFMTD} apply s390x --flags POC", f"rm {bindir}/qemu-s390x-static",  # interpreter gone
+                   f"echo 0 > {BINFMT_MISC}/qemu-arm",
+                   f"{BINFMTD} verify aarch64 arm ppc64le s390x mips64el --engine sandbox --json",
+                   f"{BINFMTD} verify aarch64 arm --engine sandbox",
+                   env={"BINFMTD_CONFIG": str(tmp_path / "c.toml")})
+    verify, text = steps[-2:]
+    results = {r["target"]: r for r in verify.json()["results"]}
+    assert verify.rc == 1 and not verify.json()["ok"]
+    assert results["aarch64"]["ok"] and results["aarch64"]["machine"] == "aarch64"
+    assert "entry qemu-arm is disabled" in results["arm"]["cause"] and "ENOEXEC" in results["arm"]["error"]
+    assert "lacks the F flag" in results["ppc64le"]["cause"] and "ENOENT" in results["ppc64le"]["error"]
+    assert "interpreter" in results["s390x"]["cause"] and "is gone" in results["s390x"]["cause"]
+    assert "no entry claims mips64el" in results["mips64el"]["cause"]
+    assert results["mips64el"]["fix"] == "binfmtd apply mips64el"
+    assert text.rc == 1 and "FAILED" in text.out and "cause: entry qemu-arm is disabled" in text.out
+
+
+def test_f_flag_keeps_working_when_the_interpreter_file_is_deleted(ns, tmp_path):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    shutil.copy(qemu("riscv64"), bindir / "qemu-riscv64-static")
+    (tmp_path / "c.toml").write_text(f'interpreter_dirs = ["{bindir}"]\n')
+    steps = ns.run(f"{BINFMTD} apply riscv64", f"rm {bindir}/qemu-riscv64-static",
+                   f"{BINFMTD} verify riscv64 --engine sandbox --json", env={"BINFMTD_CONFIG": str(tmp_path / "c.toml")})
+    assert steps[-1].json()["results"][0]["machine"] == "riscv64"
+
+
+def host_for(entries, native=()):
+    return Host(parse_kernel_release("6.18.0"), "x86_64",
+                BinfmtMisc(BINFMT_MISC, True, True, "binfmt_misc", True, tuple(entries)), tuple(native))
+
+
+def test_a_shadowing_entry_and_a_crashing_emulator_are_named():
+    # What a probe prints is produced for real elsewhere; here the diagnosis itself is checked.
+    t = BY_NAME["aarch64"]
+    ours = Entry("qemu-aarch64", "/usr/bin/qemu-aarch64-static", "POCF", 0, t.magic, t.mask)
+    shadow = Entry("aarch64", "/usr/bin/qemu-aarch64_be-static", "F", 0, t.magic, t.mask)
+    interp = Interpreter("/usr/bin/qemu-aarch64-static", True, None)
+    wrong = diagnose(t, ProbeRun(0, "binfmtd-probe:aarch64_be\n", "", 0.1), host_for([ours, shadow]), interp,
+                     "sandbox", False)
+    assert not wrong["ok"] and "entry 'aarch64' (not binfmtd's) claims these binaries" in wrong["cause"]
+    crash = diagnose(t, ProbeRun(139, "", "qemu: uncaught target signal 11 (Segmentation fault) - core dumped\n", 0.1),
+                     host_for([ours]), interp, "sandbox", False)
+    assert crash["cause"].startswith("the emulator crashed (QEMU ") and "uncaught target signal" in crash["cause"]
+
+
+def test_unknown_or_absent_engine_is_exit_3_not_a_hang(ns):
+    absent, unanswering = ns.run(f"PATH=/usr/bin:/bin {BINFMTD} verify aarch64 --engine nerdctl",
+                                 f"DOCKER_HOST=unix:///nonexistent.sock {BINFMTD} verify aarch64 --engine docker")
+    assert absent.rc == 3 and "nerdctl is not installed" in absent.err
+    assert unanswering.rc == 3 and "docker is not answering" in unanswering.err
+
+
+# --- containers: they run on the host's binfmt_misc, so these tests register there and clean up ---
+
+@pytest.fixture
+def containers_conf(tmp_path, monkeypatch):
+    need(shutil.which("podman") is not None and shutil.which("runc") is not None,
+         "podman and runc are not installed (apt-get install podman runc)")
+    conf = tmp_path / "containers.conf"
+    # What podman needs on these VMs; the product never writes this.
+    conf.write_text('[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]\n'
+                    '[engine]\nruntime = "runc"\n')
+    monkeypatch.setenv("CONTAINERS_CONF", str(conf))
+    return conf
+
+
+@pytest.fixture
+def host_registered(tmp_path):
+    """Registers aarch64 and riscv64 on the host with binfmtd (own state dir) and removes them after."""
+    env = {**os.environ, "BINFMTD_STATE_DIR": str(tmp_path / "host-state"), "PYTHONPATH": str(ROOT),
+           "BINFMTD_CONFIG": str(tmp_path / "none.toml")}
+    (tmp_path / "none.toml").write_text("")
+    was_mounted = os.path.exists(f"{BINFMT_MISC}/register")
+    done = subprocess.run([sys.executable, "-m", "binfmtd", "apply", "aarch64", "riscv64", "--json"], env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    yield env
+    subprocess.run([sys.executable, "-m", "binfmtd", "remove", "aarch64", "riscv64"], env=env, capture_output=True)
+    if not was_mounted:
+        subprocess.run(["umount", BINFMT_MISC], capture_output=True)
+
+
+def run_verify(args, env, timeout=300):
+    done = subprocess.run([sys.executable, "-m", "binfmtd", "verify", *args, "--json"], env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=timeout)
+    return done.returncode, json.loads(done.stdout), done.stderr
+
+
+def test_podman_runs_the_probes_for_real(containers_conf, host_registered):
+    rc, report, err = run_verify(["aarch64", "riscv64", "--engine", "podman"], host_registered)
+    assert rc == 0 and report["engine"] == "podman", err
+    assert {r["target"]: r["machine"] for r in report["results"]} == {"aarch64": "aarch64", "riscv64": "riscv64"}
+    images = subprocess.run(["podman", "images", "--format", "{{.Repository}}:{{.Tag}}"], capture_output=True,
+                            text=True).stdout
+    assert "binfmtd-probe:aarch64" in images
+
+
+def test_podman_with_a_users_image(containers_conf, host_registered, foreign_busybox, tmp_path):
+    # A user's arm64 image, made here from Debian's arm64 busybox: verify runs `uname -m` in it.
+    root = tmp_path / "rootfs"
+    (root / "bin").mkdir(parents=True)
+    shutil.copy(foreign_busybox["arm64"], root / "bin" / "busybox")
+    (root / "bin" / "uname").symlink_to("busybox")
+    archive = tmp_path / "rootfs.tar"
+    subprocess.run(["tar", "-C", str(root), "-cf", str(archive), "."], check=True)
+    subprocess.run(["podman", "import", "--os", "linux", "--arch", "arm64", str(archive),
+                    "localhost/binfmtd-test-busybox:arm64"], check=True, capture_output=True)
+    try:
+        rc, report, err = run_verify(["linux/arm64", "--engine", "podman", "--image",
+                                      "localhost/binfmtd-test-busybox:arm64"], host_registered)
+        assert rc == 0 and report["results"][0]["machine"] == "aarch64", err
+    finally:
+        subprocess.run(["podman", "rmi", "-f", "localhost/binfmtd-test-busybox:arm64"], capture_output=True)
+
+
+@pytest.fixture
+def docker_on_podman(containers_conf, tmp_path):
+    """The real docker CLI against podman's Docker-compatible API socket."""
+    need(shutil.which("docker") is not None, "the docker CLI is not installed")
+    sock = tmp_path / "podman.sock"
+    service = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{sock}"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if sock.exists():
+            probe = socket.socket(socket.AF_UNIX)
+            try:
+                probe.connect(str(sock))
+                break
+            except OSError:
+                pass
+            finally:
+                probe.close()
+        time.sleep(0.1)
+    else:
+        service.kill()
+        pytest.fail("podman system service did not open its socket")
+    yield {"DOCKER_HOST": f"unix://{sock}"}
+    os.killpg(service.pid, signal.SIGTERM)
+    service.wait(timeout=30)
+
+
+def test_docker_cli_runs_the_probes_for_real(docker_on_podman, host_registered):
+    rc, report, err = run_verify(["aarch64", "riscv64", "--engine", "docker"], {**host_registered, **docker_on_podman})
+    assert rc == 0 and report["engine"] == "docker", err
+    assert {r["target"]: r["machine"] for r in report["results"]} == {"aarch64": "aarch64", "riscv64": "riscv64"}
+
+
+def test_container_engine_names_an_unregistered_target(containers_conf, host_registered):
+    if os.path.exists(f"{BINFMT_MISC}/qemu-s390x"):
+        pytest.skip("another tool registered qemu-s390x on this host")
+    rc, report, err = run_verify(["s390x", "--engine", "podman"], host_registered)
+    assert rc == 1 and "no entry claims s390x" in report["results"][0]["cause"], err
