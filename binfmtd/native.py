@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import tempfile
 
 from binfmtd.facts import DEFAULT_BINFMT_MISC, native_targets, read_kernel, read_text
 
@@ -25,6 +23,9 @@ RUN_PROBES = (f"mount -t binfmt_misc binfmt_misc {DEFAULT_BINFMT_MISC} || exit 9
 
 def probe_native(candidates: tuple[str, ...], timeout: float = 20.0) -> tuple[str, ...] | None:
     """Which of `candidates` run with emulation impossible, or None if that cannot be tried."""
+    import subprocess  # off the boot path: once a boot, the cached answer is read instead
+    import tempfile
+
     from binfmtd.probes import build_probe, supported_targets
 
     names = [name for name in candidates if name in supported_targets()]
