@@ -47,8 +47,18 @@ def remove(targets: Optional[List[str]] = TargetsArg,
 
 
 @app.command()
-def status(as_json: bool = JsonOpt) -> None:
+def status(as_json: bool = JsonOpt,
+           fmt: str = typer.Option("text", "--format", metavar="text|json|prometheus",
+                                   help="Output format (--json is --format json).")) -> None:
     """Show binfmt_misc and every registered entry, with its target and owner."""
+    if fmt == "prometheus":
+        from binfmtd.metrics import prometheus_text
+
+        _exit(finish(prometheus_text, False, lambda text: print(text, end="")))
+    if fmt not in ("text", "json"):
+        say("error", f"--format {fmt!r}: expected text, json or prometheus")
+        _exit(2)
+    as_json = as_json or fmt == "json"
     def render(result: dict) -> None:
         misc = result["binfmt_misc"]
         where = "private user-namespace table" if misc["private"] else "host table"
@@ -105,7 +115,10 @@ def verify_cmd(targets: Optional[List[str]] = TargetsArg,
         _exit(2)
 
     def produce():
+        from binfmtd.metrics import record_verify
+
         report = verify(targets or (), all_targets, engine, image, config, timeout)
+        record_verify(report)
         for warning in report.warnings:
             say("warning", warning)
         return report

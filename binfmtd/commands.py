@@ -5,6 +5,7 @@ plan, and (unless check) act under the lock."""
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 
 from binfmtd import facts
@@ -129,6 +130,7 @@ def apply(names=(), all_targets=False, flags: str | None = None, force=False, ch
         plan = plan_now(host, state)
         plan.mount = mounted_now
         outcome = execute(plan, path, host.kernel, state)
+        state.last_apply = time.time()
         save_state(state_dir, state)
     return _report(plan, False, outcome.errors)
 

@@ -33,6 +33,7 @@ class Owned:
 @dataclass
 class State:
     entries: dict[str, Owned] = field(default_factory=dict)
+    last_apply: float | None = None  # when an apply last ran to completion (for metrics)
 
     def owns(self, entry: Entry) -> bool:
         owned = self.entries.get(entry.name)
@@ -42,12 +43,12 @@ class State:
 def parse_state(text: str) -> State:
     data = json.loads(text)
     return State({name: Owned(item["line"], item.get("replaced"))
-                  for name, item in data.get("entries", {}).items()})
+                  for name, item in data.get("entries", {}).items()}, data.get("last_apply"))
 
 
 def format_state(state: State) -> str:
     entries = {name: {"line": o.line, "replaced": o.replaced} for name, o in sorted(state.entries.items())}
-    return json.dumps({"version": 1, "entries": entries}, indent=2) + "\n"
+    return json.dumps({"version": 1, "last_apply": state.last_apply, "entries": entries}, indent=2) + "\n"
 
 
 def load_state(state_dir: str) -> State:

@@ -1,0 +1,89 @@
+"""Prometheus metrics: `binfmtd status --format prometheus`, and the daemon's textfile for
+node_exporter's textfile collector. Gauges per target (registered, enabled, verified) and the
+times of the last apply and verify, in the text exposition format."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from binfmtd import commands
+from binfmtd.state import load_state, state_dir_from_env
+from binfmtd.targets import TARGETS
+
+VERIFY_FILE = "verify.json"
+
+
+def record_verify(report, state_dir: str | None = None) -> None:
+    """Remember the last verify's per-target results for the metrics (best effort: a verify run
+    by a user who cannot write the state directory simply is not recorded)."""
+    import time
+
+    state_dir = state_dir or state_dir_from_env()
+    path = os.path.join(state_dir, VERIFY_FILE)
+    data = {"time": time.time(), "engine": report.engine, "results": {r["target"]: r["ok"] for r in report.results}}
+    try:
+        tmp = f"{path}.tmp.{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def _last_verify(state_dir: str) -> dict:
+    try:
+        with open(os.path.join(state_dir, VERIFY_FILE)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def _labels(**labels: str | None) -> str:
+    def escape(value: str) -> str:
+        return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return "{" + ",".join(f'{k}="{escape(v or "")}"' for k, v in labels.items()) + "}"
+
+
+def prometheus_text(binfmt_misc: str | None = None, state_dir: str | None = None) -> str:
+    state_dir = state_dir or state_dir_from_env()
+    status = commands.status(binfmt_misc, state_dir)
+    by_target = {e["target"]: e for e in status["entries"] if e["target"] and e["name"] == f"qemu-{e['target']}"}
+    verified = _last_verify(state_dir)
+    lines: list[str] = []
+
+    def gauge(name: str, help_text: str, samples: list[tuple[str, float]]) -> None:
+        lines.append(f"# HELP {name} {help_text}")
+        lines.append(f"# TYPE {name} gauge")
+        lines.extend(f"{name}{labels} {value!r}" for labels, value in samples)
+
+    misc = status["binfmt_misc"]
+    gauge("binfmtd_binfmt_misc_mounted", "Whether binfmt_misc is mounted.", [("", int(misc["mounted"]))])
+    gauge("binfmtd_binfmt_misc_enabled", "Whether binfmt_misc is enabled as a whole.", [("", int(misc["enabled"]))])
+    registered, enabled = [], []
+    for target in TARGETS:
+        entry = by_target.get(target.name)
+        labels = _labels(target=target.name, platform=target.platform, owner=entry["owner"] if entry else None)
+        registered.append((labels, int(entry is not None)))
+        enabled.append((labels, int(bool(entry and entry["enabled"]))))
+    gauge("binfmtd_entry_registered", "Whether binfmt_misc has the target's qemu-<target> entry.", registered)
+    gauge("binfmtd_entry_enabled", "Whether the target's entry is registered and enabled.", enabled)
+    results = verified.get("results", {})
+    gauge("binfmtd_target_verified", "Whether the target's probe passed in the last binfmtd verify.",
+          [(_labels(target=name, platform=target.platform), int(ok))
+           for target in TARGETS for name, ok in results.items() if name == target.name])
+    state = load_state(state_dir)
+    times = [("binfmtd_last_apply_timestamp_seconds", "When binfmtd apply last completed.", state.last_apply),
+             ("binfmtd_last_verify_timestamp_seconds", "When binfmtd verify last ran.", verified.get("time"))]
+    for name, help_text, value in times:
+        if value is not None:
+            gauge(name, help_text, [("", value)])
+    return "\n".join(lines) + "\n"
+
+
+def write_textfile(path: str, text: str) -> None:
+    """Atomically, as node_exporter's textfile collector requires (it must never read half a file)."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
