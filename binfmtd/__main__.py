@@ -4,11 +4,16 @@ import sys
 
 
 def main() -> None:
-    from binfmtd.boot import parse_apply, run_apply
+    from binfmtd.boot import parse_apply, parse_daemon, run_apply
 
     options = parse_apply(sys.argv[1:])
     if options is not None:
         sys.exit(run_apply(options))
+    options = parse_daemon(sys.argv[1:])
+    if options is not None:
+        from binfmtd.daemon import run_daemon
+
+        sys.exit(run_daemon(options["config_file"]))
     from binfmtd.cli import main as cli_main
 
     cli_main()

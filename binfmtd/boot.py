@@ -1,7 +1,8 @@
-"""The boot path: `binfmtd apply ...` as systemd and Ansible run it, without importing typer,
-whose import (click, pydantic) costs several times the whole apply. Only the plain spellings of
-apply's options are taken here; anything else (--help, --flags=X, unknown options) returns None
-and goes to the full CLI, so both paths call the same function and print the same output."""
+"""The boot path: `binfmtd apply ...` and `binfmtd daemon` as systemd and Ansible run them,
+without importing typer, whose import (click, pydantic) costs several times the whole apply and
+doubles the daemon's memory. Only the plain spellings of their options are taken here; anything
+else (--help, --flags=X, unknown options) returns None and goes to the full CLI, so both paths
+call the same function and print the same output."""
 
 from __future__ import annotations
 
@@ -27,6 +28,14 @@ def parse_apply(argv: list[str]) -> dict | None:
         else:
             options["names"].append(arg)
     return options
+
+
+def parse_daemon(argv: list[str]) -> dict | None:
+    if argv == ["daemon"]:
+        return {"config_file": None}
+    if len(argv) == 3 and argv[:2] == ["daemon", "--config"]:
+        return {"config_file": argv[2]}
+    return None
 
 
 def run_apply(options: dict) -> int:

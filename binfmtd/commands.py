@@ -94,9 +94,10 @@ def _report(plan: Plan, check: bool, errors: list[tuple[str, str]]) -> ChangeRep
 
 
 def apply(names=(), all_targets=False, flags: str | None = None, force=False, check=False,
-          config_file: str | None = None, binfmt_misc: str | None = None,
-          state_dir: str | None = None) -> ChangeReport:
-    config = load_config(config_file)
+          config_file: str | None = None, binfmt_misc: str | None = None, state_dir: str | None = None,
+          config: Config | None = None, lock_timeout: float = 60.0) -> ChangeReport:
+    """`config` is a config already loaded (the daemon's, checked once); else `config_file`'s."""
+    config = config or load_config(config_file)
     flags = flags if flags is not None else (config and config.flags) or DEFAULT_FLAGS
     if problem := flags_problem(flags):
         raise UsageError(f"--flags: {problem}")
@@ -119,7 +120,7 @@ def apply(names=(), all_targets=False, flags: str | None = None, force=False, ch
     _require_root_and_kernel(facts.read_kernel())
     from binfmtd.act import execute, mount_binfmt_misc
 
-    with locked(state_dir):  # facts are read under the lock: a concurrent run may just have acted
+    with locked(state_dir, lock_timeout):  # facts are read under the lock: a concurrent run may just have acted
         native = read_native(state_dir, remember=True)[0]
         host = facts.read_host(path, native)
         mounted_now = not host.binfmt_misc.mounted

@@ -91,6 +91,12 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         values[f"{table}_{key}" if table else key] = tuple(value) if isinstance(value, list) else value
     if values.get("targets") == "all":
         values["targets"] = ("all",)
+    from binfmtd.targets import lookup
+
+    unknown = [t for t in values.get("targets", ()) if t.lower() != "all" and lookup(t) is None]
+    if unknown:
+        raise UsageError(f"{path}:{_line_of(text, '', 'targets')}: targets: unknown target or platform "
+                         f"{', '.join(map(repr, unknown))}; `binfmtd targets` lists them")
     return Config(path, **values)
 
 

@@ -166,6 +166,7 @@ def test_config_tables_for_daemon_and_verify():
     ('[daemon]\ninterval = 0\n', "/etc/x.toml:2: daemon.interval: got 0; expected seconds between drift checks"),
     ('[daemon]\ninterval = 1\n[verify]\nengine = "lxc"\n', "/etc/x.toml:4: verify.engine: got 'lxc'; expected one of"),
     ('[verify]\nspeed = 1\n', "/etc/x.toml:2: verify.speed: unknown key"),
+    ('\n\ntargets = ["arm64", "arm65"]\n', "/etc/x.toml:3: targets: unknown target or platform 'arm65'"),
 ])
 def test_config_errors_name_file_line_and_key(text, words):
     with pytest.raises(UsageError) as exc:
