@@ -25,26 +25,33 @@ class Outcome:
 
 
 def mount_binfmt_misc(path: str) -> None:
-    """Mount binfmt_misc at `path` as systemd does (nosuid, nodev, noexec), loading the module
-    first if the kernel does not know the filesystem yet."""
-    import ctypes
-
-    from binfmtd.facts import parse_filesystems, read_text
-
-    if not parse_filesystems(read_text("/proc/filesystems")):
+    """Mount binfmt_misc at `path` as systemd does (nosuid, nodev, noexec). mount(2) loads the
+    module by itself where it may; modprobe is the fallback where it did not (it needs
+    CAP_SYS_MODULE, which binfmtd's units do not grant)."""
+    err = _mount(path)
+    if err == errno.ENODEV:  # the kernel does not know the filesystem
         import subprocess
 
         subprocess.run(["modprobe", "binfmt_misc"], capture_output=True)
-        if not parse_filesystems(read_text("/proc/filesystems")):
+        err = _mount(path)
+        if err == errno.ENODEV:
             raise HostUnsupported("this kernel has no binfmt_misc (not built in, module not loadable); "
                                   "enable CONFIG_BINFMT_MISC or install the kernel's extra modules")
+    if err == errno.EPERM:
+        raise HostUnsupported(f"not permitted to mount binfmt_misc on {path}; run as root (in a container: "
+                              "--privileged)")
+    if err:
+        raise HostUnsupported(f"cannot mount binfmt_misc on {path}: {os.strerror(err)}")
+
+
+def _mount(path: str) -> int:
+    """mount(2) of binfmt_misc on `path`: 0, or the errno."""
+    import ctypes
+
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.mount(b"binfmt_misc", os.fsencode(path), b"binfmt_misc",
-                  MS_NOSUID | MS_NODEV | MS_NOEXEC, None) != 0:
-        err = ctypes.get_errno()
-        if err == errno.EPERM:
-            raise HostUnsupported(f"not permitted to mount binfmt_misc on {path}; run as root") from None
-        raise HostUnsupported(f"cannot mount binfmt_misc on {path}: {os.strerror(err)}") from None
+    if libc.mount(b"binfmt_misc", os.fsencode(path), b"binfmt_misc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None) != 0:
+        return ctypes.get_errno()
+    return 0
 
 
 def register(path: str, entry: Entry) -> None:

@@ -164,15 +164,20 @@ def remove(names=(), all_targets=False, force=False, check=False, config_file: s
         raise UsageError("name the targets to remove, or pass --all")
     path, state_dir = _paths(binfmt_misc, state_dir)
     targets = resolve_targets(names) if names else TARGETS
+
+    def present(host: facts.Host) -> tuple[Target, ...]:  # --all reports what is there, not every target
+        return targets if names else tuple(t for t in targets if host.binfmt_misc.entry(t.entry_name))
+
     if check:
-        return _report(plan_remove(targets, facts.read_host(path), load_state(state_dir), force), True, [])
+        host = facts.read_host(path)
+        return _report(plan_remove(present(host), host, load_state(state_dir), force), True, [])
     _require_root_and_kernel(facts.read_kernel())
     from binfmtd.act import execute
 
     with locked(state_dir):
         host = facts.read_host(path)
         state = load_state(state_dir)
-        plan = plan_remove(targets, host, state, force)
+        plan = plan_remove(present(host), host, state, force)
         outcome = execute(plan, path, host.kernel, state)
         save_state(state_dir, state)
     return _report(plan, False, outcome.errors)
@@ -226,8 +231,9 @@ def check(names=(), config_file: str | None = None, binfmt_misc: str | None = No
         add("enabled", table.enabled, "binfmt_misc is enabled" if table.enabled else "binfmt_misc is disabled",
             f"echo 1 > {path}/status")
     add("native", True, f"this {host.machine} host runs {', '.join(native) or 'no target'} natively ("
-        + ("measured by running probes with emulation impossible)" if how == "probe" else
-           "QEMU's CPU-family table; probes need Linux 6.7+)"))
+        + {"probe": "measured by running probes with emulation impossible)",
+           "family": "QEMU's CPU-family table; measuring needs Linux 6.7+)",
+           "family-fallback": "QEMU's CPU-family table: the probes could not run in a user namespace here)"}[how])
     add("table", True, "private to this user namespace: registrations here do not reach the host"
         if table.private else "the host's table")
     try:

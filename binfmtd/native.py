@@ -62,9 +62,11 @@ def read_native(state_dir: str | None, remember: bool) -> tuple[tuple[str, ...],
     # Only the CPU family's own targets can be native (QEMU's assumption, kept); the probe tells
     # which of them really are.
     family = tuple(t.name for t in native_targets(machine))
-    measured = probe_native(family) if read_kernel().binfmt_misc_per_userns else None
-    if measured is None:
+    if not read_kernel().binfmt_misc_per_userns:
         return family, "family"
+    measured = probe_native(family)
+    if measured is None:  # no user namespace here (a container, a unit without CAP_SETFCAP, ...)
+        return family, "family-fallback"
     if remember and cache_path:
         try:
             os.makedirs(state_dir, mode=0o755, exist_ok=True)

@@ -5,6 +5,8 @@ skips it elsewhere."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shlex
@@ -117,3 +119,36 @@ def entry_file(step_output: str) -> dict[str, str]:
         key, _, value = line.partition(" ")
         fields[key.rstrip(":")] = value if value else key
     return fields
+
+
+HOST_LOCK = "/run/lock/binfmtd-tests-host.lock"
+
+
+def run_quiet(argv) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
+
+
+@contextlib.contextmanager
+def host_table():
+    """The host's binfmt_misc mounted for the test's reads, unmounted after if it was not before.
+    Held under a lock, so two test runs on one machine do not install, purge and register at once."""
+    need(os.geteuid() == 0, "the packaging tests install packages and use the host's binfmt_misc: run as root")
+    with open(HOST_LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with _mounted() as was_mounted:
+            yield was_mounted
+
+
+@contextlib.contextmanager
+def _mounted():
+    was_mounted = os.path.exists(f"{BINFMT_MISC}/register")
+    if not was_mounted:
+        done = run_quiet(["mount", "-t", "binfmt_misc", "binfmt_misc", BINFMT_MISC])
+        need(done.returncode == 0, f"cannot mount the host's binfmt_misc: {done.stderr.strip()}")
+    try:
+        yield was_mounted
+    finally:
+        if not was_mounted:
+            run_quiet(["umount", BINFMT_MISC])
+
+

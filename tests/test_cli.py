@@ -103,11 +103,11 @@ def test_kernel_older_than_4_8_exits_3(mocker, capsys, monkeypatch, argv):
 
 
 def test_kernel_without_binfmt_misc_exits_3(ns):
-    # A kernel lacking binfmt_misc cannot be had here: /proc/filesystems is made to say so.
-    script = ("import sys; from unittest import mock; import binfmtd.facts as f; real = f.read_text; "
-              "f.read_text = lambda p: 'nodev\\tsysfs\\n' if p == '/proc/filesystems' else real(p); "
-              "sys.argv = ['binfmtd', 'apply', 'aarch64']; from binfmtd.__main__ import main; "
-              "mock.patch('subprocess.run').start(); main()")
+    # A kernel lacking binfmt_misc cannot be had here: mount(2) is made to answer as it would
+    # (ENODEV, unknown filesystem), and modprobe is not run.
+    script = ("import errno, sys; from unittest import mock; import binfmtd.act as a; "
+              "a._mount = lambda path: errno.ENODEV; mock.patch('subprocess.run').start(); "
+              "sys.argv = ['binfmtd', 'apply', 'aarch64']; from binfmtd.__main__ import main; main()")
     step = ns.one(f"{sys.executable} -c \"{script}\"", mount=False)
     assert step.rc == 3 and "has no binfmt_misc" in only_line(step.err)
 

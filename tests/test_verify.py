@@ -20,7 +20,7 @@ from binfmtd.probes import EXPECTED_MACHINE
 from binfmtd.targets import BY_NAME, TARGETS
 from binfmtd.verify import ProbeRun, diagnose
 
-from conftest import BINFMT_MISC, BINFMTD, ROOT, need, qemu
+from conftest import BINFMT_MISC, BINFMTD, ROOT, host_table, need, qemu
 
 CONTRACT_FIELDS = {"target", "platform", "ok", "machine", "seconds", "error"}
 
@@ -118,14 +118,13 @@ def host_registered(tmp_path):
     env = {**os.environ, "BINFMTD_STATE_DIR": str(tmp_path / "host-state"), "PYTHONPATH": str(ROOT),
            "BINFMTD_CONFIG": str(tmp_path / "none.toml")}
     (tmp_path / "none.toml").write_text("")
-    was_mounted = os.path.exists(f"{BINFMT_MISC}/register")
-    done = subprocess.run([sys.executable, "-m", "binfmtd", "apply", "aarch64", "riscv64", "--json"], env=env,
-                          capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    yield env
-    subprocess.run([sys.executable, "-m", "binfmtd", "remove", "aarch64", "riscv64"], env=env, capture_output=True)
-    if not was_mounted:
-        subprocess.run(["umount", BINFMT_MISC], capture_output=True)
+    with host_table():  # one test run at a time on the host's table, mounted while it runs
+        done = subprocess.run([sys.executable, "-m", "binfmtd", "apply", "aarch64", "riscv64", "--json"], env=env,
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        yield env
+        subprocess.run([sys.executable, "-m", "binfmtd", "remove", "aarch64", "riscv64"], env=env,
+                       capture_output=True)
 
 
 def run_verify(args, env, timeout=300):

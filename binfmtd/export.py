@@ -1,0 +1,125 @@
+"""Export: the entries `apply` would register, written as files for the tools a distribution
+already runs at boot, so a host can keep its registrations without binfmtd installed.
+
+- `binfmt.d`: DEST/<name>.conf with one register line, read by systemd-binfmt from
+  /etc/binfmt.d (binfmt.d(5)); the line is exactly the one `apply` writes.
+- `binfmt-support`: DEST/<name>, a format file for `update-binfmts --importdir DEST --import
+  <name>` (update-binfmts(8), FORMAT FILES).
+
+Rendering is pure (`render_binfmt_d`, `render_binfmt_support`); `export_entries` computes the
+entries, renders every file before it writes any, then writes each atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from binfmtd import __version__
+from binfmtd.commands import desired_entries
+from binfmtd.entry import Entry, escape, normalize_flags
+from binfmtd.errors import BinfmtdError, UsageError
+from binfmtd.targets import TARGETS
+
+BINFMT_D, BINFMT_SUPPORT = "binfmt.d", "binfmt-support"
+FORMATS = (BINFMT_D, BINFMT_SUPPORT)
+PACKAGE = "binfmtd"  # update-binfmts' owner of the format; --unimport and --display show it
+
+_TARGET_OF_ENTRY = {t.entry_name: t for t in TARGETS}
+
+
+def binfmt_d_file_name(entry: Entry) -> str:
+    return f"{entry.name}.conf"  # systemd-binfmt reads only *.conf
+
+
+def render_binfmt_d(entry: Entry) -> str:
+    # '#' starts a comment in binfmt.d; systemd-binfmt writes every other line to register verbatim.
+    return (f"# Written by binfmtd {__version__} (binfmtd export --format binfmt.d); "
+            "systemd-binfmt registers it at boot.\n"
+            f"{entry.register_line()}\n")
+
+
+def binfmt_support_flags_problem(flags: str) -> str | None:
+    """Why update-binfmts cannot produce these kernel flags, or None.
+
+    A format file has three switches, and update-binfmts turns them into kernel flags so
+    (checked with binfmt-support 2.2 on Linux 6.18): `preserve yes` -> P, `fix_binary yes` -> F,
+    `credentials yes` -> C, to which the kernel adds O. There is no switch for O alone.
+    """
+    flags = normalize_flags(flags)
+    if "O" in flags and "C" not in flags:
+        return (f"binfmt-support cannot express flags {flags!r}: update-binfmts has no open-binary "
+                "option and sets O only together with C (credentials yes); pass --flags with C "
+                f"({flags.replace('O', 'OC')}) or without O ({flags.replace('O', '') or 'no flags'}), "
+                "or use --format binfmt.d")
+    return None
+
+
+def render_binfmt_support(entry: Entry) -> str:
+    # No comment line: the format has none; the package field says who wrote the file.
+    flags = normalize_flags(entry.flags)
+    lines = [f"package {PACKAGE}", f"interpreter {entry.interpreter}"]
+    if entry.extension is not None:
+        lines.append(f"extension {entry.extension}")
+    else:
+        # Every byte escaped: update-binfmts decodes \xHH, and no raw byte can end the line.
+        lines += [f"magic {escape(entry.magic)}", f"offset {entry.offset}"]
+        if entry.mask:
+            lines.append(f"mask {escape(entry.mask)}")
+    lines += [f"credentials {'yes' if 'C' in flags else 'no'}",
+              f"preserve {'yes' if 'P' in flags else 'no'}",
+              f"fix_binary {'yes' if 'F' in flags else 'no'}"]
+    return "\n".join(lines) + "\n"
+
+
+def render(fmt: str, entry: Entry) -> tuple[str, str]:
+    """(file name, content) of one entry in one format."""
+    if fmt == BINFMT_D:
+        return binfmt_d_file_name(entry), render_binfmt_d(entry)
+    if problem := binfmt_support_flags_problem(entry.flags):
+        raise UsageError(problem)
+    return entry.name, render_binfmt_support(entry)
+
+
+def write_atomically(path: str, content: str) -> None:
+    """A reader (systemd-binfmt at boot, update-binfmts) sees the old file or the new one, never half."""
+    directory = os.path.dirname(path)
+    fd, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(temporary, 0o644)  # mkstemp makes 0600; configuration is world-readable
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def export_entries(fmt: str, dest: str, names=(), all_targets=False, flags: str | None = None,
+                   config_file: str | None = None) -> dict:
+    """Write one file per entry `apply` would register into DEST (created if missing); other files
+    in DEST are left alone. Nothing is written when any entry cannot be expressed."""
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown export format {fmt!r}; allowed are {' and '.join(FORMATS)}")
+    entries, skipped = desired_entries(names, all_targets, flags, config_file)
+    rendered = [(entry, *render(fmt, entry)) for entry in entries]  # every problem before any write
+    dest = os.path.abspath(dest)
+    try:
+        os.makedirs(dest, exist_ok=True)
+        files = []
+        for entry, file_name, content in rendered:
+            path = os.path.join(dest, file_name)
+            write_atomically(path, content)
+            target = _TARGET_OF_ENTRY.get(entry.name)
+            files.append({"target": target.name if target else None,
+                          "platform": target.platform if target else None,
+                          "name": entry.name, "path": path})
+    except OSError as exc:
+        where = exc.filename or dest
+        raise BinfmtdError(f"cannot write to {where} ({exc.strerror}); pass a writable --dest") from None
+    return {"format": fmt, "dest": dest, "files": files, "skipped": skipped}
