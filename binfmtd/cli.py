@@ -1,5 +1,6 @@
-"""The `binfmtd` command line: parses arguments, calls binfmtd.commands, and renders the result
-as text or as one JSON object. Error types become exit codes here and nowhere else."""
+"""The `binfmtd` command line (typer): parses arguments, calls binfmtd.commands and the other
+clients, and hands the result to binfmtd.output, the one place that prints results and turns
+error types into exit codes. `apply` and `daemon` usually arrive through binfmtd.boot instead."""
 
 from __future__ import annotations
 

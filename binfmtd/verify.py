@@ -31,7 +31,7 @@ from binfmtd.errors import HostUnsupported, UsageError
 from binfmtd.interpreters import DEFAULT_INTERPRETER_DIRS, qemu_version, read_interpreter
 from binfmtd.native import read_native
 from binfmtd.probes import EXPECTED_MACHINE, build_probe, parse_probe_output
-from binfmtd.targets import TARGETS, Target
+from binfmtd.targets import Target
 
 CONTAINER_ENGINES = ("docker", "podman", "nerdctl")
 IMAGE = "binfmtd-probe"
@@ -191,9 +191,9 @@ def pick_engine(name: str, workdir: str, image: str | None, timeout: float):
         if image:
             raise HostUnsupported("--image needs a container engine and none is answering")
         name = "sandbox"
-    engine = Sandbox(workdir) if name == "sandbox" else ContainerEngine(name, image)
     if image and name == "sandbox":
         raise UsageError("--image needs a container engine (--engine docker, podman or nerdctl)")
+    engine = Sandbox(workdir) if name == "sandbox" else ContainerEngine(name, image)
     engine.check(min(timeout, 10))
     return engine
 
