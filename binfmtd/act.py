@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from binfmtd.entry import Entry
 from binfmtd.errors import BinfmtdError, HostUnsupported
 from binfmtd.facts import Kernel
-from binfmtd.plan import REGISTERED, REMOVED, REPLACED, SKIPPED, Action, Plan
+from binfmtd.plan import REGISTERED, REMOVED, REPLACED, Action, Plan
 from binfmtd.state import Owned, State
 
 MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
@@ -102,9 +102,9 @@ def execute(plan: Plan, path: str, kernel: Kernel, state: State) -> Outcome:
         if action.error:
             outcome.errors.append((action.target.name, action.error))
             continue
-        if action.action == SKIPPED or not action.changes:
-            if action.action != SKIPPED and action.old is None and action.new is None:
-                _forget_if_gone(state, action)
+        if not action.changes:
+            if action.forget:
+                state.entries.pop(action.target.entry_name, None)
             continue
         try:
             _execute_action(action, path, kernel, state)
@@ -112,11 +112,6 @@ def execute(plan: Plan, path: str, kernel: Kernel, state: State) -> Outcome:
             action.error = str(exc)
             outcome.errors.append((action.target.name, str(exc)))
     return outcome
-
-
-def _forget_if_gone(state: State, action: Action) -> None:
-    if action.reason == "not registered":
-        state.entries.pop(action.target.entry_name, None)
 
 
 def _execute_action(action: Action, path: str, kernel: Kernel, state: State) -> None:

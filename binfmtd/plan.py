@@ -34,6 +34,7 @@ class Action:
     restore: Entry | None = None  # a foreign entry to put back after removing ours
     take_over: Entry | None = None  # a foreign entry --force replaces: remembered for restore
     error: str | None = None  # planned failure: nothing is done for this target
+    forget: bool = False  # no entry in the kernel: drop binfmtd's record of it (remove)
 
     @property
     def changes(self) -> bool:
@@ -156,7 +157,7 @@ def plan_remove(targets: tuple[Target, ...], host: Host, state: State, force: bo
     for target in targets:
         current = host.binfmt_misc.entry(target.entry_name)
         if current is None:
-            plan.actions.append(Action(target, UNCHANGED, "not registered"))
+            plan.actions.append(Action(target, UNCHANGED, "not registered", forget=True))
             continue
         action = Action(target, REMOVED, "", current.interpreter, current.flags, old=current)
         owned = state.entries.get(current.name)

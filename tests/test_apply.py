@@ -234,3 +234,11 @@ def test_sandbox_command_gives_a_private_table(tmp_path):
     status = json.loads(done.stdout)
     assert status["binfmt_misc"]["private"] and [e["name"] for e in status["entries"]] == ["qemu-aarch64"]
     assert read_binfmt_misc().entries == before
+
+
+def test_remove_forgets_an_entry_that_is_already_gone(ns):
+    apply, wipe, remove = ns.run(f"{BINFMTD} apply aarch64 riscv64", f"echo -1 > {BINFMT_MISC}/qemu-aarch64",
+                                 f"{BINFMTD} remove aarch64 --json")
+    assert remove.json()["results"][0]["action"] == "unchanged"
+    state = json.loads((ns.state_dir / "state.json").read_text())
+    assert list(state["entries"]) == ["qemu-riscv64"]
