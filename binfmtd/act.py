@@ -7,20 +7,19 @@ import errno
 import os
 from dataclasses import dataclass, field
 
-from binfmtd.entry import Entry
+from binfmtd.entry import Entry, parse_register_line
 from binfmtd.errors import BinfmtdError, HostUnsupported
-from binfmtd.facts import Kernel
+from binfmtd.facts import Kernel, read_entry
 from binfmtd.plan import REGISTERED, REMOVED, REPLACED, Action, Plan
-from binfmtd.state import Owned, State
+from binfmtd.state import Intent, Owned, State, reconcile, save_state
 
 MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
 
 
 @dataclass
 class Outcome:
-    """What happened to each target: the plan's actions, with failures turned into errors."""
+    """The failures of a plan's execution, per target."""
 
-    actions: list[Action]
     errors: list[tuple[str, str]] = field(default_factory=list)  # (target, message)
 
 
@@ -63,9 +62,17 @@ def register(path: str, entry: Entry) -> None:
 
 
 def unregister(path: str, name: str) -> None:
+    _write_entry(path, name, b"-1")
+
+
+def set_enabled(path: str, name: str, enabled: bool) -> None:
+    _write_entry(path, name, b"1" if enabled else b"0")
+
+
+def _write_entry(path: str, name: str, command: bytes) -> None:
     fd = os.open(os.path.join(path, name), os.O_WRONLY | os.O_CLOEXEC)
     try:
-        os.write(fd, b"-1")
+        os.write(fd, command)
     finally:
         os.close(fd)
 
@@ -95,49 +102,86 @@ def explain_register_error(exc: OSError, entry: Entry, kernel: Kernel) -> str:
     return f"{name}: kernel refused the entry: {exc.strerror or exc}"
 
 
-def execute(plan: Plan, path: str, kernel: Kernel, state: State) -> Outcome:
-    """Carry out `plan`, updating `state` with what binfmtd now owns. The caller holds the lock."""
-    outcome = Outcome(plan.actions)
+def execute(plan: Plan, path: str, kernel: Kernel, state_dir: str, state: State) -> Outcome:
+    """Carry out `plan` and record in `state` what binfmtd now owns. The caller holds the lock.
+    Intent before action: every change is saved as an intent before the first kernel write, and
+    what each change achieved is read back from the kernel afterwards, by the same reconcile that
+    recovers from a crash, so the normal path and the recovery path are one."""
+    outcome = Outcome()
+    changes = [a for a in plan.actions if a.changes]
     for action in plan.actions:
         if action.error:
             outcome.errors.append((action.target.name, action.error))
-            continue
-        if not action.changes:
-            if action.forget:
-                state.entries.pop(action.target.entry_name, None)
-            continue
+        elif action.forget:
+            state.entries.pop(action.target.entry_name, None)
+    state.intents = {a.target.entry_name: _intent(a, state) for a in changes}
+    if state.intents:
+        save_state(state_dir, state)
+    for action in changes:
         try:
-            _execute_action(action, path, kernel, state)
+            _execute_action(action, path, kernel)
         except BinfmtdError as exc:
-            action.error = str(exc)
             outcome.errors.append((action.target.name, str(exc)))
+    outcome.errors += [(name.removeprefix("qemu-"), message) for name, message in settle(path, state)]
+    save_state(state_dir, state)
     return outcome
 
 
-def _execute_action(action: Action, path: str, kernel: Kernel, state: State) -> None:
-    name = action.target.entry_name
-    if action.action == REGISTERED:
-        _register_or_explain(path, action.new, kernel)
-        state.entries[name] = Owned(action.new.register_line())
-    elif action.action == REPLACED:
-        previous = state.entries.get(name)
-        _unregister_or_explain(path, name)
+def recover(path: str, state_dir: str, state: State) -> list[str]:
+    """Settle the intents an interrupted run left behind (kill -9, power loss) before planning."""
+    if not state.intents:
+        return []
+    names = ", ".join(sorted(state.intents))
+    errors = settle(path, state)
+    save_state(state_dir, state)
+    return [f"settled an interrupted run's changes to {names}"] + [message for _, message in errors]
+
+
+def settle(path: str, state: State) -> list[tuple[str, str]]:
+    """Reconcile `state`'s intents with the kernel and make the writes that finish the job:
+    put back an entry whose change was cut in half, set an enabled state again."""
+    errors = []
+    for name, line, enabled in reconcile(state, lambda name: read_entry(path, name)):
+        entry = parse_register_line(line)
         try:
-            _register_or_explain(path, action.new, kernel)
-        except BinfmtdError as exc:
-            try:  # put the old entry back: a refused replacement must not leave the target empty
-                register(path, action.old)
-                raise BinfmtdError(f"{exc}; the previous entry was restored") from None
-            except OSError as restore_exc:
-                raise BinfmtdError(f"{exc}; restoring the previous entry also failed "
-                                   f"({restore_exc.strerror}), so {name} is now unregistered") from None
-        replaced = action.take_over.register_line() if action.take_over else (previous and previous.replaced)
-        state.entries[name] = Owned(action.new.register_line(), replaced)
-    elif action.action == REMOVED:
+            if read_entry(path, name) is None:
+                register(path, entry)
+            set_enabled(path, name, enabled)
+        except OSError as exc:
+            errors.append((name, f"{name}: could not put back {line} ({exc.strerror}); register it by hand"))
+    return errors
+
+
+def _intent(action: Action, state: State) -> Intent:
+    old = action.old
+    before, before_enabled = (old.register_line(), old.enabled) if old else (None, True)
+    if action.action == REMOVED:
+        restore = action.restore
+        return Intent(before, before_enabled, restore.register_line() if restore else None,
+                      restore.enabled if restore else True, None)
+    previous = state.entries.get(action.target.entry_name)
+    if action.take_over:
+        replaced, replaced_enabled = action.take_over.register_line(), action.take_over.enabled
+    elif action.action == REPLACED and previous:
+        replaced, replaced_enabled = previous.replaced, previous.replaced_enabled
+    else:
+        replaced, replaced_enabled = None, True
+    line = action.new.register_line()
+    return Intent(before, before_enabled, line, True, Owned(line, replaced, replaced_enabled))
+
+
+def _execute_action(action: Action, path: str, kernel: Kernel) -> None:
+    """The kernel writes of one action. A replacement the kernel refuses leaves the target empty
+    for a moment; settle() then puts the previous entry back, as after a crash."""
+    name = action.target.entry_name
+    if action.action in (REPLACED, REMOVED):
         _unregister_or_explain(path, name)
-        state.entries.pop(name, None)
-        if action.restore:
-            _register_or_explain(path, action.restore, kernel)
+    if action.action in (REGISTERED, REPLACED):
+        _register_or_explain(path, action.new, kernel)
+    elif action.restore:
+        _register_or_explain(path, action.restore, kernel)
+        if not action.restore.enabled:
+            set_enabled(path, name, False)
 
 
 def _register_or_explain(path: str, entry: Entry, kernel: Kernel) -> None:

@@ -12,10 +12,10 @@ from binfmtd import facts
 from binfmtd.config import Config, load_config
 from binfmtd.entry import Entry, flags_problem, normalize_flags
 from binfmtd.errors import BinfmtdError, HostUnsupported, UsageError
-from binfmtd.interpreters import DEFAULT_INTERPRETER_DIRS, Interpreter, read_interpreter
+from binfmtd.interpreters import DEFAULT_INTERPRETER_DIRS, Interpreter, read_interpreter, safety_problem
 from binfmtd.native import read_native
 from binfmtd.plan import Desired, Plan, plan_apply, plan_remove
-from binfmtd.state import State, load_state, locked, save_state, state_dir_from_env
+from binfmtd.state import State, StateCorrupt, load_state, locked, reconcile, state_dir_from_env
 from binfmtd.targets import TARGETS, Target, lookup
 
 DEFAULT_FLAGS = "POCF"
@@ -113,12 +113,12 @@ def apply(names=(), all_targets=False, flags: str | None = None, force=False, ch
 
     if check:
         host = facts.read_host(path, read_native(state_dir, remember=False)[0])
-        plan = plan_now(host, load_state(state_dir))
+        plan = plan_now(host, settled_state(state_dir, path))
         if plan.mount:
             plan.warnings.insert(0, f"binfmt_misc is not mounted on {path}; apply would mount it")
         return _report(plan, True, [(a.target.name, a.error) for a in plan.actions if a.error])
     _require_root_and_kernel(facts.read_kernel())
-    from binfmtd.act import execute, mount_binfmt_misc
+    from binfmtd.act import execute, mount_binfmt_misc, recover
 
     with locked(state_dir, lock_timeout):  # facts are read under the lock: a concurrent run may just have acted
         native = read_native(state_dir, remember=True)[0]
@@ -128,12 +128,23 @@ def apply(names=(), all_targets=False, flags: str | None = None, force=False, ch
             mount_binfmt_misc(path)
             host = facts.read_host(path, native)
         state = load_state(state_dir)
+        recovered = recover(path, state_dir, state)
+        if recovered:
+            host = facts.read_host(path, native)
         plan = plan_now(host, state)
         plan.mount = mounted_now
-        outcome = execute(plan, path, host.kernel, state)
+        plan.warnings[:0] = recovered
         state.last_apply = time.time()
-        save_state(state_dir, state)
+        outcome = execute(plan, path, host.kernel, state_dir, state)
     return _report(plan, False, outcome.errors)
+
+
+def settled_state(state_dir: str, path: str) -> State:
+    """The state as the next run will see it once an interrupted run's intents are settled
+    (for read-only commands: nothing is written)."""
+    state = load_state(state_dir)
+    reconcile(state, lambda name: facts.read_entry(path, name))
+    return state
 
 
 def desired_entries(names=(), all_targets=False, flags: str | None = None,
@@ -170,23 +181,39 @@ def remove(names=(), all_targets=False, force=False, check=False, config_file: s
 
     if check:
         host = facts.read_host(path)
-        return _report(plan_remove(present(host), host, load_state(state_dir), force), True, [])
+        return _report(plan_remove(present(host), host, settled_state(state_dir, path), force, _restore_problem),
+                       True, [])
     _require_root_and_kernel(facts.read_kernel())
-    from binfmtd.act import execute
+    from binfmtd.act import execute, recover
 
     with locked(state_dir):
-        host = facts.read_host(path)
         state = load_state(state_dir)
-        plan = plan_remove(present(host), host, state, force)
-        outcome = execute(plan, path, host.kernel, state)
-        save_state(state_dir, state)
+        recovered = recover(path, state_dir, state)
+        host = facts.read_host(path)
+        plan = plan_remove(present(host), host, state, force, _restore_problem)
+        plan.warnings[:0] = recovered
+        outcome = execute(plan, path, host.kernel, state_dir, state)
     return _report(plan, False, outcome.errors)
+
+
+def _restore_problem(entry: Entry) -> str | None:
+    """An entry --force took over is put back only under the rules binfmtd registers by."""
+    if problem := entry.problem():
+        return problem
+    if problem := safety_problem(entry.interpreter):
+        return f"interpreter {entry.interpreter}: {problem}"
+    return None
 
 
 def status(binfmt_misc: str | None = None, state_dir: str | None = None) -> dict:
     path, state_dir = _paths(binfmt_misc, state_dir)
     table = facts.read_binfmt_misc(path)
-    state = load_state(state_dir)
+    warnings = []
+    try:  # the kernel's table is worth showing even when binfmtd's own records are not readable
+        state = settled_state(state_dir, path)
+    except BinfmtdError as exc:
+        state = State()
+        warnings.append(f"{exc} (owners below are unknown and shown as other)")
     entries = []
     for entry in table.entries:
         target = facts.target_of_entry(entry)
@@ -199,7 +226,7 @@ def status(binfmt_misc: str | None = None, state_dir: str | None = None) -> dict
         })
     return {"binfmt_misc": {"path": path, "mounted": table.mounted, "enabled": table.enabled,
                             "private": table.private},
-            "entries": entries}
+            "entries": entries, "warnings": warnings}
 
 
 def check(names=(), config_file: str | None = None, binfmt_misc: str | None = None) -> dict:

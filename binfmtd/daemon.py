@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from binfmtd import commands, facts
 from binfmtd.config import Config, load_config
 from binfmtd.errors import EXIT_OK, EXIT_USAGE, BinfmtdError, HostUnsupported, UsageError
-from binfmtd.state import state_dir_from_env
+from binfmtd.state import open_state_dir, read_small, state_dir_from_env, write_atomic
 
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 BOOT_ID_FILE = "boot_id"
@@ -188,15 +188,10 @@ def note_boot(state_dir: str) -> tuple[str, str | None]:
     this one atomically for the next start."""
     boot = facts.read_text(BOOT_ID).strip()
     path = os.path.join(state_dir, BOOT_ID_FILE)
-    previous = facts.read_text(path).strip() or None
+    open_state_dir(state_dir)
+    previous = (read_small(path, 4096) or b"").decode(errors="replace").strip() or None
     if boot and boot != previous:
-        os.makedirs(state_dir, mode=0o755, exist_ok=True)
-        tmp = f"{path}.tmp.{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.write(boot + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, boot + "\n")
     return boot, previous
 
 
@@ -377,15 +372,8 @@ class Daemon:
         probes that cannot speak sd_notify (a Kubernetes DaemonSet's); stale means not keeping up."""
         if self.retry_at is not None:
             return
-        path = os.path.join(self.state_dir, READY_FILE)
-        try:
-            os.utime(path)
-        except FileNotFoundError:
-            try:
-                with open(path, "w"):
-                    pass
-            except OSError:
-                pass
+        try:  # rewritten, not touched: utime would follow a link planted at that name
+            write_atomic(os.path.join(self.state_dir, READY_FILE), "")
         except OSError:
             pass
 
@@ -443,6 +431,9 @@ def run_daemon(config_file: str | None, binfmt_misc: str | None = None, state_di
                 log(ERR, f"cannot use state directory {state_dir} ({exc.strerror}); "
                          "set BINFMTD_STATE_DIR to a directory root can write")
                 return BinfmtdError.exit_code
+            except BinfmtdError as exc:
+                log(ERR, str(exc))
+                return exc.exit_code
             daemon = Daemon(settings, path, state_dir, log, notify)
             log(INFO, f"started: config {describe_config(settings)}, binfmt_misc {path}, state {state_dir}, "
                       f"checking every {settings.daemon_interval:g}s"

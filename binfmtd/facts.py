@@ -96,16 +96,17 @@ def read_binfmt_misc(path: str = DEFAULT_BINFMT_MISC, trigger_automount: bool = 
 
 
 def read_entries(path: str = DEFAULT_BINFMT_MISC) -> tuple[Entry, ...]:
-    entries = []
-    for name in sorted(os.listdir(path)):
-        if name in ("register", "status"):
-            continue
-        try:
-            with open(os.path.join(path, name)) as f:
-                entries.append(parse_entry(name, f.read()))
-        except OSError:  # removed between listdir and open
-            continue
-    return tuple(entries)
+    entries = (read_entry(path, name) for name in sorted(os.listdir(path)) if name not in ("register", "status"))
+    return tuple(entry for entry in entries if entry is not None)
+
+
+def read_entry(path: str, name: str) -> Entry | None:
+    """One entry as the kernel shows it, or None when there is none of that name."""
+    try:
+        with open(os.path.join(path, name)) as f:
+            return parse_entry(name, f.read())
+    except OSError:  # not there, or removed between listdir and open
+        return None
 
 
 def in_child_user_namespace() -> bool:

@@ -8,7 +8,8 @@ import json
 import os
 
 from binfmtd import commands
-from binfmtd.state import load_state, state_dir_from_env
+from binfmtd.errors import BinfmtdError
+from binfmtd.state import load_state, read_small, state_dir_from_env, write_atomic
 from binfmtd.targets import TARGETS
 
 VERIFY_FILE = "verify.json"
@@ -23,20 +24,22 @@ def record_verify(report, state_dir: str | None = None) -> None:
     path = os.path.join(state_dir, VERIFY_FILE)
     data = {"time": time.time(), "engine": report.engine, "results": {r["target"]: r["ok"] for r in report.results}}
     try:
-        tmp = f"{path}.tmp.{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(data))
     except OSError:
         pass
 
 
 def _last_verify(state_dir: str) -> dict:
+    """The last verify's record, validated (a damaged file must not make an invalid sample)."""
     try:
-        with open(os.path.join(state_dir, VERIFY_FILE)) as f:
-            return json.load(f)
-    except (OSError, ValueError):
+        data = json.loads(read_small(os.path.join(state_dir, VERIFY_FILE)) or b"{}")
+    except (BinfmtdError, ValueError):
         return {}
+    if not isinstance(data, dict):
+        return {}
+    when, results = data.get("time"), data.get("results")
+    return {"time": when if isinstance(when, (int, float)) and not isinstance(when, bool) else None,
+            "results": {k: v for k, v in results.items() if isinstance(v, bool)} if isinstance(results, dict) else {}}
 
 
 def _labels(**labels: str | None) -> str:
@@ -82,8 +85,6 @@ def prometheus_text(binfmt_misc: str | None = None, state_dir: str | None = None
 
 
 def write_textfile(path: str, text: str) -> None:
-    """Atomically, as node_exporter's textfile collector requires (it must never read half a file)."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    """Atomically, as node_exporter's textfile collector requires (it must never read half a file),
+    and never through a name the directory's owner could have planted."""
+    write_atomic(path, text)

@@ -13,7 +13,10 @@ from __future__ import annotations
 import json
 import os
 
+from binfmtd.errors import BinfmtdError
 from binfmtd.facts import DEFAULT_BINFMT_MISC, native_targets, read_kernel, read_text
+from binfmtd.state import read_small, write_atomic
+from binfmtd.targets import lookup
 
 CACHE_FILE = "native.json"
 RUN_PROBES = (f"mount -t binfmt_misc binfmt_misc {DEFAULT_BINFMT_MISC} || exit 90\n"
@@ -50,18 +53,13 @@ def read_native(state_dir: str | None, remember: bool) -> tuple[tuple[str, ...],
     """The native targets and how they were found; measured once per boot when the kernel allows."""
     boot_id = read_text("/proc/sys/kernel/random/boot_id").strip()
     machine = os.uname().machine
-    cache_path = os.path.join(state_dir, CACHE_FILE) if state_dir else None
-    if cache_path:
-        try:
-            with open(cache_path) as f:
-                cached = json.load(f)
-            if cached.get("boot_id") == boot_id and cached.get("machine") == machine:
-                return tuple(cached["native"]), "probe"
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
     # Only the CPU family's own targets can be native (QEMU's assumption, kept); the probe tells
     # which of them really are.
     family = tuple(t.name for t in native_targets(machine))
+    cache_path = os.path.join(state_dir, CACHE_FILE) if state_dir else None
+    cached = _read_cache(cache_path, boot_id, machine, family) if cache_path else None
+    if cached is not None:
+        return cached, "probe"
     if not read_kernel().binfmt_misc_per_userns:
         return family, "family"
     measured = probe_native(family)
@@ -69,11 +67,22 @@ def read_native(state_dir: str | None, remember: bool) -> tuple[tuple[str, ...],
         return family, "family-fallback"
     if remember and cache_path:
         try:
-            os.makedirs(state_dir, mode=0o755, exist_ok=True)
-            tmp = f"{cache_path}.tmp.{os.getpid()}"
-            with open(tmp, "w") as f:
-                json.dump({"boot_id": boot_id, "machine": machine, "native": list(measured)}, f)
-            os.replace(tmp, cache_path)
+            write_atomic(cache_path, json.dumps({"boot_id": boot_id, "machine": machine, "native": list(measured)}))
         except OSError:
             pass  # a cache that cannot be written is measured again next time
     return measured, "probe"
+
+
+def _read_cache(path: str, boot_id: str, machine: str, family: tuple[str, ...]) -> tuple[str, ...] | None:
+    """This boot's measured answer, or None. The cache can only narrow the CPU family, and never
+    drops the host's own architecture: a forged or stale file must not make binfmtd register an
+    emulator for the host itself (every program would then fail with ELOOP)."""
+    try:
+        cached = json.loads(read_small(path, 4096) or b"null")
+    except (BinfmtdError, ValueError):
+        return None
+    if not (isinstance(cached, dict) and cached.get("boot_id") == boot_id and cached.get("machine") == machine
+            and isinstance(cached.get("native"), list)):
+        return None
+    own = lookup(machine)
+    return tuple(name for name in family if name in cached["native"] or (own and name == own.name))

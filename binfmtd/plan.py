@@ -3,7 +3,7 @@ run (--check) is the same computation as the real one and always truthful."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from binfmtd.entry import Entry, normalize_flags, parse_register_line
 from binfmtd.facts import Host
@@ -152,7 +152,10 @@ def _flag_warnings(flags: str, host: Host, changing: bool) -> list[str]:
     return warnings
 
 
-def plan_remove(targets: tuple[Target, ...], host: Host, state: State, force: bool) -> Plan:
+def plan_remove(targets: tuple[Target, ...], host: Host, state: State, force: bool,
+                restore_problem=lambda entry: None) -> Plan:
+    """`restore_problem(entry)` says why an entry --force took over may not be put back (its
+    interpreter is no longer safe), or None."""
     plan = Plan([])
     for target in targets:
         current = host.binfmt_misc.entry(target.entry_name)
@@ -164,8 +167,12 @@ def plan_remove(targets: tuple[Target, ...], host: Host, state: State, force: bo
         if state.owns(current):
             action.reason = "registered by binfmtd"
             if owned and owned.replaced:
-                action.restore = parse_register_line(owned.replaced)
-                action.reason += "; the entry it had taken over is put back"
+                restore = replace(parse_register_line(owned.replaced), enabled=owned.replaced_enabled)
+                if problem := restore_problem(restore):
+                    action.reason += f"; the entry it had taken over is not put back: {problem}"
+                else:
+                    action.restore = restore
+                    action.reason += "; the entry it had taken over is put back"
         elif force:
             action.reason = "registered by another tool; removed because of --force"
         else:

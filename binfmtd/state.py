@@ -1,6 +1,12 @@
-"""What binfmtd registered, remembered across runs in $BINFMTD_STATE_DIR, and the lock that
-serializes runs. A state that disagrees with the kernel (after a reboot, after another tool
-acted) is normal: ownership is decided by comparing the two, never by the state alone."""
+"""The state directory ($BINFMTD_STATE_DIR): every file binfmtd keeps, the one safe way to read
+and write them, the lock that serializes runs, and the write-ahead record of what binfmtd owns.
+
+Ownership is decided by comparing the state with the kernel, never by the state alone (after a
+reboot or another tool's work they disagree, and that is normal). Every change to the kernel is
+recorded as an *intent* (the entry before, the entry after) durably before the first write, and
+the next run reconciles each intent with what the kernel shows: a change that landed is owned, one
+that never started is forgotten, one cut in half is rolled back to the entry that was there. So a
+kill -9 or a power cut between any two writes loses nothing and orphans nothing (dpkg's rule)."""
 
 from __future__ import annotations
 
@@ -8,81 +14,315 @@ import errno
 import fcntl
 import json
 import os
+import stat
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from binfmtd.entry import Entry, parse_register_line
-from binfmtd.errors import BinfmtdError
+from binfmtd.errors import BinfmtdError, HostUnsupported
 
 DEFAULT_STATE_DIR = "/var/lib/binfmtd"
 STATE_FILE = "state.json"
 LOCK_FILE = "lock"
+MAX_FILE_SIZE = 1 << 20  # every file binfmtd reads back is small; a bigger one is not ours
 
 
 def state_dir_from_env() -> str:
     return os.environ.get("BINFMTD_STATE_DIR") or DEFAULT_STATE_DIR
 
 
+class StateCorrupt(BinfmtdError):
+    """The state file is there but not binfmtd's: ownership is unknown until it is moved aside."""
+
+
+# -- safe files ----------------------------------------------------------------------------------
+
+def untrusted_component(path: str, allow_sticky: bool = True) -> str | None:
+    """Why someone other than root could change what `path` names, or None (sudo's secure-path
+    rule). Every component from / down, links and what they point at included, must be owned by
+    root and not writable by group or others. With `allow_sticky`, a sticky directory (/tmp) is
+    allowed above the last component: nobody else can rename or delete root's entries in it."""
+    parts = [p for p in os.path.abspath(path).split("/") if p]
+    current, links = "/", 0
+    problem = _unsafe_mode(current, allow_sticky and bool(parts))
+    while parts and problem is None:
+        name = parts.pop(0)
+        if name in (".", ".."):
+            current = os.path.dirname(current) if name == ".." else current
+            continue
+        candidate = os.path.join(current, name)
+        try:
+            st = os.lstat(candidate)
+        except FileNotFoundError:
+            return None  # what does not exist yet is created by root, below a checked directory
+        except OSError as exc:
+            return f"{candidate} cannot be examined ({exc.strerror})"
+        if st.st_uid != 0:
+            return f"{candidate} is owned by uid {st.st_uid}, not root"
+        if stat.S_ISLNK(st.st_mode):
+            links += 1
+            if links > 40:
+                return f"{path} has too many symbolic links"
+            target = os.readlink(candidate)
+            parts = [p for p in target.split("/") if p] + parts
+            current = "/" if target.startswith("/") else current
+            continue
+        current = candidate
+        problem = _unsafe_mode(current, allow_sticky and bool(parts), st)
+    return problem
+
+
+def _unsafe_mode(path: str, sticky_ok: bool, st: os.stat_result | None = None) -> str | None:
+    st = st or os.lstat(path)
+    if st.st_uid != 0:
+        return f"{path} is owned by uid {st.st_uid}, not root"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not (sticky_ok and st.st_mode & stat.S_ISVTX):
+        return f"{path} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
+
+
+def read_small(path: str, limit: int = MAX_FILE_SIZE) -> bytes | None:
+    """A small regular file's bytes, or None when it does not exist. Never follows a link at the
+    last component, never blocks on a FIFO, never reads more than `limit` bytes."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise BinfmtdError(f"{path} is a symbolic link; binfmtd only reads its own regular files: "
+                               "remove the link") from None
+        raise BinfmtdError(f"cannot read {path} ({exc.strerror})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise BinfmtdError(f"{path} is not a regular file; remove it")
+        if st.st_size > limit:
+            raise BinfmtdError(f"{path} is {st.st_size} bytes, more than binfmtd's {limit}; it is not binfmtd's: "
+                               "move it aside")
+        data = os.read(fd, limit + 1)
+        if len(data) > limit:
+            raise BinfmtdError(f"{path} is more than {limit} bytes; it is not binfmtd's: move it aside")
+        return data
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: str, text: str, mode: int = 0o644) -> None:
+    """Replace `path` with `text` so that a reader or a crash sees the old file or the new one,
+    never half of one, and never through a name someone else planted: the new file is created by
+    mkstemp (O_EXCL, so never a link) in the same directory, synced, then renamed over `path`."""
+    import tempfile
+
+    directory = os.path.dirname(path) or "."
+    fd, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fchmod(f.fileno(), mode)
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except FileNotFoundError:
+            pass
+        raise
+    _sync_directory(directory)
+
+
+def _sync_directory(directory: str) -> None:
+    """The rename is durable only once the directory is (power loss, not just kill -9)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def open_state_dir(state_dir: str) -> str:
+    """Create the state directory if needed and refuse it unless root alone controls it: a user
+    who can write there could forge what root registers, removes or restores."""
+    try:
+        os.makedirs(state_dir, mode=0o755, exist_ok=True)
+    except OSError as exc:
+        raise HostUnsupported(f"cannot create state directory {state_dir} ({exc.strerror}); "
+                              "set BINFMTD_STATE_DIR to a directory root can write") from None
+    if problem := untrusted_component(state_dir):
+        raise HostUnsupported(f"state directory {state_dir} is not safe: {problem}; make every directory on its "
+                              "path root-owned and not writable by group/others, or set BINFMTD_STATE_DIR")
+    return state_dir
+
+
+# -- what binfmtd owns ---------------------------------------------------------------------------
+
 @dataclass
 class Owned:
     line: str  # the register line binfmtd wrote
     replaced: str | None = None  # the foreign entry --force took over, to put back on remove
+    replaced_enabled: bool = True  # and whether it was enabled, so it comes back exactly
+
+
+@dataclass
+class Intent:
+    """A change about to be made to entry `name`: what the kernel shows before it and after it
+    (None: no entry; a line: that entry, enabled or not), and the record binfmtd keeps once it
+    has landed (None: binfmtd no longer owns the name)."""
+
+    before: str | None
+    before_enabled: bool
+    after: str | None
+    after_enabled: bool
+    record: Owned | None
 
 
 @dataclass
 class State:
     entries: dict[str, Owned] = field(default_factory=dict)
     last_apply: float | None = None  # when an apply last ran to completion (for metrics)
+    intents: dict[str, Intent] = field(default_factory=dict)
 
     def owns(self, entry: Entry) -> bool:
         owned = self.entries.get(entry.name)
         return owned is not None and parse_register_line(owned.line).same_registration(entry)
 
 
-def parse_state(text: str) -> State:
-    data = json.loads(text)
-    return State({name: Owned(item["line"], item.get("replaced"))
-                  for name, item in data.get("entries", {}).items()}, data.get("last_apply"))
+def shows(current: Entry | None, line: str | None) -> bool:
+    """Whether the kernel's entry is the registration `line` describes (None: no entry)."""
+    if line is None or current is None:
+        return line is None and current is None
+    return parse_register_line(line).same_registration(current)
+
+
+def reconcile(state: State, current_of) -> list[tuple[str, str, bool]]:
+    """Settle every intent against the kernel (`current_of(name)` -> Entry or None), updating
+    `state.entries`. Returns the writes still needed, as (name, line, enabled): entries to put
+    back because a change was cut in half, or whose enabled state must be set again. Pure."""
+    repairs = []
+    for name, intent in sorted(state.intents.items()):
+        current = current_of(name)
+        if shows(current, intent.after):  # it landed
+            if intent.record is None:
+                state.entries.pop(name, None)
+            else:
+                state.entries[name] = intent.record
+            if current is not None and current.enabled != intent.after_enabled:
+                repairs.append((name, intent.after, intent.after_enabled))
+        elif shows(current, intent.before):  # it never started
+            if current is not None and current.enabled != intent.before_enabled:
+                repairs.append((name, intent.before, intent.before_enabled))
+        elif current is None and intent.before is not None:  # cut between removing and registering
+            repairs.append((name, intent.before, intent.before_enabled))
+        # else someone else changed the entry meanwhile: it is theirs, the records stay as they were
+    state.intents.clear()
+    return repairs
+
+
+# -- the state file ------------------------------------------------------------------------------
+
+def parse_state(text: str | bytes) -> State:
+    """The state file, validated: every line must be a register line for the name it is filed
+    under that the kernel would accept (a forged or damaged file is refused, not trusted)."""
+    try:
+        data = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"not JSON ({exc})") from None
+    _require(isinstance(data, dict), "not a JSON object")
+    last_apply = data.get("last_apply")
+    _require(last_apply is None or (isinstance(last_apply, (int, float)) and not isinstance(last_apply, bool)),
+             "last_apply is not a number")
+    entries, intents = data.get("entries", {}), data.get("intents", {})
+    _require(isinstance(entries, dict) and isinstance(intents, dict), "entries/intents are not objects")
+    state = State({name: _owned(name, item) for name, item in entries.items()}, last_apply)
+    for name, item in intents.items():
+        _require(isinstance(item, dict), f"intent {name!r} is not an object")
+        record = item.get("record")
+        state.intents[name] = Intent(_line(name, item.get("before"), optional=True), _flag(item, "before_enabled"),
+                                     _line(name, item.get("after"), optional=True), _flag(item, "after_enabled"),
+                                     None if record is None else _owned(name, record))
+    return state
+
+
+def _owned(name: str, item) -> Owned:
+    _require(isinstance(item, dict), f"entry {name!r} is not an object")
+    return Owned(_line(name, item.get("line")), _line(name, item.get("replaced"), optional=True),
+                 _flag(item, "replaced_enabled"))
+
+
+def _line(name: str, line, optional: bool = False) -> str | None:
+    if line is None and optional:
+        return None
+    _require(isinstance(line, str), f"{name!r}: register line missing")
+    try:
+        entry = parse_register_line(line)
+    except (ValueError, UnicodeError) as exc:
+        raise ValueError(f"{name!r}: {exc}") from None
+    _require(entry.name == name, f"{name!r}: register line is for {entry.name!r}")
+    problem = entry.problem() or (None if entry.interpreter.isprintable() else "control character in interpreter")
+    _require(problem is None, f"{name!r}: {problem}")
+    return line
+
+
+def _flag(item: dict, key: str) -> bool:
+    value = item.get(key, True)
+    _require(isinstance(value, bool), f"{key} is not true/false")
+    return value
+
+
+def _require(condition: bool, why: str) -> None:
+    if not condition:
+        raise ValueError(why)
 
 
 def format_state(state: State) -> str:
-    entries = {name: {"line": o.line, "replaced": o.replaced} for name, o in sorted(state.entries.items())}
-    return json.dumps({"version": 1, "last_apply": state.last_apply, "entries": entries}, indent=2) + "\n"
+    def owned(o: Owned) -> dict:
+        return {"line": o.line, "replaced": o.replaced, "replaced_enabled": o.replaced_enabled}
+    intents = {name: {"before": i.before, "before_enabled": i.before_enabled, "after": i.after,
+                      "after_enabled": i.after_enabled, "record": owned(i.record) if i.record else None}
+               for name, i in sorted(state.intents.items())}
+    return json.dumps({"version": 2, "last_apply": state.last_apply,
+                       "entries": {name: owned(o) for name, o in sorted(state.entries.items())},
+                       "intents": intents}, indent=2) + "\n"
 
 
 def load_state(state_dir: str) -> State:
-    try:
-        with open(os.path.join(state_dir, STATE_FILE)) as f:
-            return parse_state(f.read())
-    except FileNotFoundError:
+    path = os.path.join(state_dir, STATE_FILE)
+    data = read_small(path)
+    if data is None:
         return State()
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise BinfmtdError(f"state file {os.path.join(state_dir, STATE_FILE)} is unreadable ({exc}); "
-                           "move it aside and run apply again") from None
+    try:
+        return parse_state(data)
+    except ValueError as exc:
+        raise StateCorrupt(f"state file {path} is not binfmtd's ({exc}); move it aside (mv {path} {path}.bad) "
+                           "and run apply again: its entries then count as another tool's (--force takes them "
+                           "over)") from None
 
 
 def save_state(state_dir: str, state: State) -> None:
-    """Write atomically: a crash leaves the old file or the new one, never half of one."""
-    path = os.path.join(state_dir, STATE_FILE)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(format_state(state))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomic(os.path.join(state_dir, STATE_FILE), format_state(state), 0o600)
 
 
 @contextmanager
 def locked(state_dir: str, timeout: float = 60.0):
-    """Hold binfmtd's lock: concurrent applies (boot unit, daemon, Ansible) run one at a time."""
+    """Hold binfmtd's lock: concurrent applies (boot unit, daemon, Ansible) run one at a time.
+    The state directory is checked first: the lock is the first file root opens in it."""
+    open_state_dir(state_dir)
+    path = os.path.join(state_dir, LOCK_FILE)
     try:
-        os.makedirs(state_dir, mode=0o755, exist_ok=True)
-        fd = os.open(os.path.join(state_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
     except OSError as exc:
-        raise BinfmtdError(f"cannot use state directory {state_dir} ({exc.strerror}); "
-                           "set BINFMTD_STATE_DIR to a directory root can write") from None
+        raise HostUnsupported(f"cannot open {path} ({exc.strerror}); remove whatever is there "
+                              "(binfmtd makes it a plain file)") from None
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise HostUnsupported(f"{path} is not a regular file; remove it")
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -90,7 +330,7 @@ def locked(state_dir: str, timeout: float = 60.0):
                 break
             except OSError as exc:
                 if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
-                    raise BinfmtdError(f"another binfmtd holds {state_dir}/{LOCK_FILE} for more than "
+                    raise BinfmtdError(f"another binfmtd holds {path} for more than "
                                        f"{timeout:.0f}s; wait for it or stop it") from None
                 time.sleep(0.02)
         yield
