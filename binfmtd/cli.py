@@ -73,7 +73,12 @@ def status(as_json: bool = JsonOpt,
             table(rows)
         else:
             print("no entries registered")
-    _exit(finish(commands.status, as_json, render))
+    def produce() -> dict:
+        result = commands.status()
+        for warning in result["warnings"]:
+            say("warning", warning)
+        return result
+    _exit(finish(produce, as_json, render))
 
 
 @app.command("check")

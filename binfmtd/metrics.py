@@ -75,8 +75,11 @@ def prometheus_text(binfmt_misc: str | None = None, state_dir: str | None = None
     gauge("binfmtd_target_verified", "Whether the target's probe passed in the last binfmtd verify.",
           [(_labels(target=name, platform=target.platform), int(ok))
            for target in TARGETS for name, ok in results.items() if name == target.name])
-    state = load_state(state_dir)
-    times = [("binfmtd_last_apply_timestamp_seconds", "When binfmtd apply last completed.", state.last_apply),
+    try:
+        last_apply = load_state(state_dir).last_apply
+    except BinfmtdError:  # status above already said why; the other samples are still true
+        last_apply = None
+    times = [("binfmtd_last_apply_timestamp_seconds", "When binfmtd apply last completed.", last_apply),
              ("binfmtd_last_verify_timestamp_seconds", "When binfmtd verify last ran.", verified.get("time"))]
     for name, help_text, value in times:
         if value is not None:
