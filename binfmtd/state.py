@@ -150,6 +150,8 @@ def _sync_directory(directory: str) -> None:
 def open_state_dir(state_dir: str) -> str:
     """Create the state directory if needed and refuse it unless root alone controls it: a user
     who can write there could forge what root registers, removes or restores."""
+    if os.geteuid() != 0:  # only root changes binfmt_misc, and only root may own its records
+        raise HostUnsupported("binfmt_misc can only be changed by root; run binfmtd as root")
     try:
         os.makedirs(state_dir, mode=0o755, exist_ok=True)
     except OSError as exc:
