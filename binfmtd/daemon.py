@@ -19,6 +19,7 @@ to commands.apply as such: a broken edit on disk never reaches a repair."""
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import signal
@@ -30,12 +31,10 @@ from dataclasses import dataclass
 from binfmtd import commands, facts
 from binfmtd.config import Config, load_config
 from binfmtd.errors import EXIT_OK, EXIT_USAGE, BinfmtdError, HostUnsupported, UsageError
-from binfmtd.state import open_state_dir, read_small, state_dir_from_env, write_atomic
+from binfmtd.state import BOOT_FILE, READY_FILE, open_state_dir, read_record, state_dir_from_env, write_record
 
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
-BOOT_ID_FILE = "boot_id"
 DEFAULTS = Config("")
-READY_FILE = "daemon.ready"
 LOCK_TIMEOUT = 5.0  # seconds an apply waits for another binfmtd's lock before retrying later
 RETRY_MAX = 300.0  # seconds between applies while targets fail: interval (1 s at least), doubling
 ERR, WARNING, NOTICE, INFO = 3, 4, 5, 6  # syslog priorities, as journald reads them
@@ -187,11 +186,11 @@ def note_boot(state_dir: str) -> tuple[str, str | None]:
     """This boot's id and the one the last start stored (None: never started here), storing
     this one atomically for the next start."""
     boot = facts.read_text(BOOT_ID).strip()
-    path = os.path.join(state_dir, BOOT_ID_FILE)
     open_state_dir(state_dir)
-    previous = (read_small(path, 4096) or b"").decode(errors="replace").strip() or None
+    previous = read_record(state_dir, BOOT_FILE)
+    previous = previous if isinstance(previous, str) else None
     if boot and boot != previous:
-        write_atomic(path, boot + "\n")
+        write_record(state_dir, BOOT_FILE, json.dumps(boot))
     return boot, previous
 
 
@@ -373,7 +372,7 @@ class Daemon:
         if self.retry_at is not None:
             return
         try:  # rewritten, not touched: utime would follow a link planted at that name
-            write_atomic(os.path.join(self.state_dir, READY_FILE), "")
+            write_record(self.state_dir, READY_FILE, "")
         except OSError:
             pass
 

@@ -13,12 +13,12 @@ entries, renders every file before it writes any, then writes each atomically.
 from __future__ import annotations
 
 import os
-import tempfile
 
 from binfmtd import __version__
 from binfmtd.commands import desired_entries
 from binfmtd.entry import Entry, escape, normalize_flags
 from binfmtd.errors import BinfmtdError, UsageError
+from binfmtd.state import write_atomic
 from binfmtd.targets import TARGETS
 
 BINFMT_D, BINFMT_SUPPORT = "binfmt.d", "binfmt-support"
@@ -81,25 +81,6 @@ def render(fmt: str, entry: Entry) -> tuple[str, str]:
     return entry.name, render_binfmt_support(entry)
 
 
-def write_atomically(path: str, content: str) -> None:
-    """A reader (systemd-binfmt at boot, update-binfmts) sees the old file or the new one, never half."""
-    directory = os.path.dirname(path)
-    fd, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(temporary, 0o644)  # mkstemp makes 0600; configuration is world-readable
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def export_entries(fmt: str, dest: str, names=(), all_targets=False, flags: str | None = None,
                    config_file: str | None = None) -> dict:
     """Write one file per entry `apply` would register into DEST (created if missing); other files
@@ -114,7 +95,7 @@ def export_entries(fmt: str, dest: str, names=(), all_targets=False, flags: str 
         files = []
         for entry, file_name, content in rendered:
             path = os.path.join(dest, file_name)
-            write_atomically(path, content)
+            write_atomic(path, content)
             target = _TARGET_OF_ENTRY.get(entry.name)
             files.append({"target": target.name if target else None,
                           "platform": target.platform if target else None,

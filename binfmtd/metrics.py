@@ -9,10 +9,8 @@ import os
 
 from binfmtd import commands
 from binfmtd.errors import BinfmtdError
-from binfmtd.state import load_state, read_small, state_dir_from_env, write_atomic
+from binfmtd.state import VERIFY_FILE, load_state, read_record, state_dir_from_env, write_atomic, write_record
 from binfmtd.targets import TARGETS
-
-VERIFY_FILE = "verify.json"
 
 
 def record_verify(report, state_dir: str | None = None) -> None:
@@ -21,20 +19,16 @@ def record_verify(report, state_dir: str | None = None) -> None:
     import time
 
     state_dir = state_dir or state_dir_from_env()
-    path = os.path.join(state_dir, VERIFY_FILE)
     data = {"time": time.time(), "engine": report.engine, "results": {r["target"]: r["ok"] for r in report.results}}
     try:
-        write_atomic(path, json.dumps(data))
+        write_record(state_dir, VERIFY_FILE, json.dumps(data))
     except OSError:
         pass
 
 
 def _last_verify(state_dir: str) -> dict:
     """The last verify's record, validated (a damaged file must not make an invalid sample)."""
-    try:
-        data = json.loads(read_small(os.path.join(state_dir, VERIFY_FILE)) or b"{}")
-    except (BinfmtdError, ValueError):
-        return {}
+    data = read_record(state_dir, VERIFY_FILE)
     if not isinstance(data, dict):
         return {}
     when, results = data.get("time"), data.get("results")

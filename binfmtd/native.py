@@ -13,12 +13,10 @@ from __future__ import annotations
 import json
 import os
 
-from binfmtd.errors import BinfmtdError
 from binfmtd.facts import DEFAULT_BINFMT_MISC, native_targets, read_kernel, read_text
-from binfmtd.state import read_small, write_atomic
+from binfmtd.state import NATIVE_FILE, read_record, write_record
 from binfmtd.targets import lookup
 
-CACHE_FILE = "native.json"
 RUN_PROBES = (f"mount -t binfmt_misc binfmt_misc {DEFAULT_BINFMT_MISC} || exit 90\n"
               # a probe that fails to exec must not count: dash would run it as a script (ENOEXEC)
               'for t in "$@"; do out=$("./$t" 2>/dev/null) && case "$out" in binfmtd-probe:*) echo "$t";; esac; done; exit 0')
@@ -56,8 +54,7 @@ def read_native(state_dir: str | None, remember: bool) -> tuple[tuple[str, ...],
     # Only the CPU family's own targets can be native (QEMU's assumption, kept); the probe tells
     # which of them really are.
     family = tuple(t.name for t in native_targets(machine))
-    cache_path = os.path.join(state_dir, CACHE_FILE) if state_dir else None
-    cached = _read_cache(cache_path, boot_id, machine, family) if cache_path else None
+    cached = _read_cache(state_dir, boot_id, machine, family) if state_dir else None
     if cached is not None:
         return cached, "probe"
     if not read_kernel().binfmt_misc_per_userns:
@@ -65,22 +62,20 @@ def read_native(state_dir: str | None, remember: bool) -> tuple[tuple[str, ...],
     measured = probe_native(family)
     if measured is None:  # no user namespace here (a container, a unit without CAP_SETFCAP, ...)
         return family, "family-fallback"
-    if remember and cache_path:
+    if remember and state_dir:
         try:
-            write_atomic(cache_path, json.dumps({"boot_id": boot_id, "machine": machine, "native": list(measured)}))
+            write_record(state_dir, NATIVE_FILE, json.dumps({"boot_id": boot_id, "machine": machine,
+                                                             "native": list(measured)}))
         except OSError:
             pass  # a cache that cannot be written is measured again next time
     return measured, "probe"
 
 
-def _read_cache(path: str, boot_id: str, machine: str, family: tuple[str, ...]) -> tuple[str, ...] | None:
+def _read_cache(state_dir: str, boot_id: str, machine: str, family: tuple[str, ...]) -> tuple[str, ...] | None:
     """This boot's measured answer, or None. The cache can only narrow the CPU family, and never
     drops the host's own architecture: a forged or stale file must not make binfmtd register an
     emulator for the host itself (every program would then fail with ELOOP)."""
-    try:
-        cached = json.loads(read_small(path, 4096) or b"null")
-    except (BinfmtdError, ValueError):
-        return None
+    cached = read_record(state_dir, NATIVE_FILE)
     if not (isinstance(cached, dict) and cached.get("boot_id") == boot_id and cached.get("machine") == machine
             and isinstance(cached.get("native"), list)):
         return None

@@ -23,8 +23,13 @@ from binfmtd.entry import Entry, parse_register_line
 from binfmtd.errors import BinfmtdError, HostUnsupported
 
 DEFAULT_STATE_DIR = "/var/lib/binfmtd"
-STATE_FILE = "state.json"
-LOCK_FILE = "lock"
+# Every file in the state directory, named here only.
+STATE_FILE = "state.json"  # what binfmtd owns, and the intents of a run in progress
+LOCK_FILE = "lock"  # serializes runs
+NATIVE_FILE = "native.json"  # the native targets measured this boot (binfmtd.native)
+VERIFY_FILE = "verify.json"  # the last verify's results, for the metrics
+BOOT_FILE = "boot_id"  # the boot the daemon last started in: a restart is not a reboot
+READY_FILE = "daemon.ready"  # rewritten while the daemon keeps the host as configured
 MAX_FILE_SIZE = 1 << 20  # every file binfmtd reads back is small; a bigger one is not ours
 
 
@@ -161,6 +166,19 @@ def open_state_dir(state_dir: str) -> str:
         raise HostUnsupported(f"state directory {state_dir} is not safe: {problem}; make every directory on its "
                               "path root-owned and not writable by group/others, or set BINFMTD_STATE_DIR")
     return state_dir
+
+
+def read_record(state_dir: str, name: str) -> object | None:
+    """A small JSON file of the state directory, or None when it is missing or not valid JSON:
+    these are caches and records that a later run rebuilds; the caller checks the shape."""
+    try:
+        return json.loads(read_small(os.path.join(state_dir, name)) or b"null")
+    except (BinfmtdError, ValueError):
+        return None
+
+
+def write_record(state_dir: str, name: str, text: str) -> None:
+    write_atomic(os.path.join(state_dir, name), text)
 
 
 # -- what binfmtd owns ---------------------------------------------------------------------------

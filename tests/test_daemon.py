@@ -292,7 +292,7 @@ def test_kill_9_and_restart_leaves_the_same_entries_and_knows_it_is_the_same_boo
     assert f"first start since boot {boot_id}" in read(ns, "first.log")
     state = json.loads((ns.state_dir / "state.json").read_text())
     assert set(state["entries"]) == set(after)
-    assert (ns.state_dir / "boot_id").read_text().strip() == boot_id
+    assert json.loads((ns.state_dir / "boot_id").read_text()) == boot_id
     assert not list(ns.state_dir.glob("*.tmp.*"))
 
 
