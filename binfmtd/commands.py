@@ -15,7 +15,7 @@ from binfmtd.errors import BinfmtdError, HostUnsupported, UsageError
 from binfmtd.interpreters import DEFAULT_INTERPRETER_DIRS, Interpreter, read_interpreter, safety_problem
 from binfmtd.native import read_native
 from binfmtd.plan import Desired, Plan, plan_apply, plan_remove
-from binfmtd.state import State, StateCorrupt, load_state, locked, reconcile, state_dir_from_env
+from binfmtd.state import State, load_state, locked, reconcile, state_dir_from_env
 from binfmtd.targets import TARGETS, Target, lookup
 
 DEFAULT_FLAGS = "POCF"

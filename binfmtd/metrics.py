@@ -5,7 +5,6 @@ times of the last apply and verify, in the text exposition format."""
 from __future__ import annotations
 
 import json
-import os
 
 from binfmtd import commands
 from binfmtd.errors import BinfmtdError
