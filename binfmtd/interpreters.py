@@ -118,9 +118,7 @@ def trusted_executable(path: str) -> str:
     try:
         resolved = resolve_trusted(path)
     except UntrustedPath as exc:
-        raise Refused(printable(exc.reason), f"make {printable(exc.component)} owned by root and writable by root "
-                      "alone (chown root, chmod go-w), or set interpreter_dirs to a directory only root "
-                      "controls") from None
+        raise Refused(printable(exc.reason), _trust_fix(exc)) from None
     if problem := interpreter_text_problem(resolved):  # a root-owned link may lead to such a name
         raise Refused(f"resolves to {problem}", rename)
     st = os.lstat(resolved)
@@ -129,6 +127,17 @@ def trusted_executable(path: str) -> str:
     if not st.st_mode & 0o111:
         raise Refused(f"{printable(resolved)} is not executable", f"chmod 755 {printable(resolved)}")
     return resolved
+
+
+def _trust_fix(exc: UntrustedPath) -> str:
+    component, elsewhere = printable(exc.component), "set interpreter_dirs to a directory only root controls"
+    if exc.shared:
+        return f"keep interpreters out of the shared directory {component}: {elsewhere}"
+    if exc.kind == "symlink":
+        return f"replace symlink {component} with one root owns (or remove it), or {elsewhere}"
+    if exc.kind:
+        return f"chown root {component} and chmod go-w {component}, or {elsewhere}"
+    return f"install qemu-user-static, or {elsewhere}"
 
 
 def _reader(f):

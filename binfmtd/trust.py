@@ -23,12 +23,13 @@ MAX_SYMLINKS = 40  # the kernel's own limit before ELOOP
 
 class UntrustedPath(Exception):
     """A path that someone other than root controls, or that cannot be walked: `component` is
-    the first part of it found wrong, `reason` says why (one line, with the component in it)."""
+    the first part of it found wrong, `kind` what that is (symlink, directory, file or None when
+    it could not be examined), `shared` whether it is a directory everyone may write to (/tmp:
+    the fix is to keep the file elsewhere, not to change /tmp), `reason` says why in one line."""
 
-    def __init__(self, component: str, reason: str):
+    def __init__(self, component: str, reason: str, kind: str | None = None, shared: bool = False):
         super().__init__(reason)
-        self.component = component
-        self.reason = reason
+        self.component, self.reason, self.kind, self.shared = component, reason, kind, shared
 
 
 def resolve_trusted(path: str) -> str:
@@ -53,7 +54,8 @@ def resolve_trusted(path: str) -> str:
         if stat.S_ISLNK(st.st_mode):
             # A link's own mode means nothing (always 0777); its owner decides where it points.
             if st.st_uid != 0:
-                raise UntrustedPath(current, f"symlink {current} is owned by {_user(st.st_uid)}, not root")
+                raise UntrustedPath(current, f"symlink {current} is owned by {_user(st.st_uid)}, not root",
+                                    "symlink")
             links += 1
             if links > MAX_SYMLINKS:
                 raise UntrustedPath(current, f"{path} has more than {MAX_SYMLINKS} symlinks on the way (a loop?)")
@@ -83,13 +85,13 @@ def _require_root_only(path: str, st: os.stat_result) -> None:
     """Owned by root and writable by root alone (sticky or not)."""
     kind = "directory" if stat.S_ISDIR(st.st_mode) else "file"
     if st.st_uid != 0:
-        raise UntrustedPath(path, f"{kind} {path} is owned by {_user(st.st_uid)}, not root")
+        raise UntrustedPath(path, f"{kind} {path} is owned by {_user(st.st_uid)}, not root", kind)
     if st.st_mode & stat.S_IWOTH:
         sticky = " (sticky or not: others can add names there and re-point their own links)" \
             if kind == "directory" and st.st_mode & stat.S_ISVTX else ""
-        raise UntrustedPath(path, f"{kind} {path} is writable by everyone{sticky}")
+        raise UntrustedPath(path, f"{kind} {path} is writable by everyone{sticky}", kind, bool(sticky))
     if st.st_mode & stat.S_IWGRP:
-        raise UntrustedPath(path, f"{kind} {path} is writable by group {_group(st.st_gid)!r}")
+        raise UntrustedPath(path, f"{kind} {path} is writable by group {_group(st.st_gid)!r}", kind)
 
 
 def _user(uid: int) -> str:
