@@ -72,7 +72,7 @@ class Entry:
         if ":" in self.name or _control_characters(self.name):
             return f"entry name '{printable(self.name)}' contains ':' or a control character"
         if problem := interpreter_text_problem(self.interpreter):
-            return f"{self.name}: {problem}"
+            return f"{self.name}: interpreter path {printable(self.interpreter)} {problem}"
         if problem := flags_problem(self.flags):
             return f"{self.name}: {problem}"
         if not self.interpreter.startswith("/"):
@@ -96,18 +96,20 @@ class Entry:
 
 
 def interpreter_text_problem(path: str) -> str | None:
-    """Why binfmt_misc cannot hold `path` faithfully as an interpreter, or None. ':' ends the
-    field in the register line; a newline or other control character is stored, but the entry
-    file the kernel prints then splits or garbles it, so status, remove and export misread it."""
+    """Why binfmt_misc cannot hold `path` faithfully as an interpreter ("contains ..."), or None.
+    ':' ends the field in the register line; a newline or other control character is stored,
+    but the entry file the kernel prints splits or garbles it: status, remove, export misread it."""
     if ":" in path:
-        return f"interpreter path {printable(path)} contains ':', which separates a register line's fields"
+        return "contains ':', which separates a register line's fields"
     if bad := _control_characters(path):
-        return (f"interpreter path {printable(path)} contains {bad}: the kernel's entry file would not show "
-                "it faithfully, so status, remove and export would misread it")
+        return (f"contains {bad}, which the kernel's entry file cannot show faithfully (status, remove and "
+                "export would misread it)")
     return None
 
 
 def _control_characters(text: str) -> str:
+    if text.isprintable():  # the common case, in C; it is also False for some harmless non-ASCII
+        return ""
     bad = sorted({c for c in text if ord(c) < 0x20 or ord(c) == 0x7F})
     return ", ".join("a newline" if c == "\n" else f"control character {printable(c)}" for c in bad)
 

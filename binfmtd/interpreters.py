@@ -120,7 +120,7 @@ def trusted_executable(path: str) -> str:
     except UntrustedPath as exc:
         raise Refused(printable(exc.reason), _trust_fix(exc)) from None
     if problem := interpreter_text_problem(resolved):  # a root-owned link may lead to such a name
-        raise Refused(f"resolves to {problem}", rename)
+        raise Refused(f"resolves to {printable(resolved)}, which {problem}", rename)
     st = os.lstat(resolved)
     if not stat.S_ISREG(st.st_mode):
         raise Refused(f"{printable(resolved)} is not a regular file", INSTALL_FIX)
@@ -183,7 +183,7 @@ def is_static(path: str) -> bool:
 # mistake (a shell copied into place), not a defence against root, who controls the file anyway
 # (every component is root's by then); an attacker controls nothing on that path.
 QEMU_SIGNATURE = b"Fabrice Bellard and the QEMU Project developers"
-CHUNK = 1 << 20
+CHUNK = 128 << 10  # QEMU 7.2's banner lies 30-600 KiB into .rodata: read a little at a time
 
 
 def find_qemu_banner(header: bytes, read_at) -> str | None:
