@@ -130,14 +130,8 @@ def trusted_executable(path: str) -> str:
 
 
 def _trust_fix(exc: UntrustedPath) -> str:
-    component, elsewhere = printable(exc.component), "set interpreter_dirs to a directory only root controls"
-    if exc.shared:
-        return f"keep interpreters out of the shared directory {component}: {elsewhere}"
-    if exc.kind == "symlink":
-        return f"replace symlink {component} with one root owns (or remove it), or {elsewhere}"
-    if exc.kind:
-        return f"chown root {component} and chmod go-w {component}, or {elsewhere}"
-    return f"install qemu-user-static, or {elsewhere}"
+    elsewhere = "set interpreter_dirs to a directory only root controls"
+    return f"{printable(exc.fix)}, or {elsewhere}" if exc.fix else f"install qemu-user-static, or {elsewhere}"
 
 
 def _reader(f):

@@ -23,23 +23,25 @@ MAX_SYMLINKS = 40  # the kernel's own limit before ELOOP
 
 class UntrustedPath(Exception):
     """A path that someone other than root controls, or that cannot be walked: `component` is
-    the first part of it found wrong, `kind` what that is (symlink, directory, file or None when
-    it could not be examined), `shared` whether it is a directory everyone may write to (/tmp:
-    the fix is to keep the file elsewhere, not to change /tmp), `reason` says why in one line."""
+    the first part of it found wrong, `reason` says why in one line, `fix` what would make that
+    component trustworthy (None when it is missing or unreadable rather than untrusted)."""
 
-    def __init__(self, component: str, reason: str, kind: str | None = None, shared: bool = False):
+    def __init__(self, component: str, reason: str, fix: str | None = None):
         super().__init__(reason)
-        self.component, self.reason, self.kind, self.shared = component, reason, kind, shared
+        self.component, self.reason, self.fix = component, reason, fix
 
 
-def resolve_trusted(path: str) -> str:
+def resolve_trusted(path: str, user_mounts: dict[int, int] | None = None) -> str:
     """The absolute path without symlinks that `path` names, if root alone controls every
     component on the way (the last one included); else UntrustedPath. The last component may be
-    any file type; the caller decides what it must be."""
+    any file type; the caller decides what it must be. `user_mounts` is
+    parse_user_fuse_mounts' answer (read from /proc/self/mountinfo when None)."""
     if not path.startswith("/"):
         raise UntrustedPath(path, f"{path} is not an absolute path")
+    if user_mounts is None:
+        user_mounts = read_user_fuse_mounts()
     resolved = "/"
-    _require_root_only("/", _lstat("/"))
+    _require_root_only("/", _lstat("/"), user_mounts)
     pending = [part for part in path.split("/") if part]
     links = 0
     while pending:
@@ -53,9 +55,7 @@ def resolve_trusted(path: str) -> str:
         st = _lstat(current)
         if stat.S_ISLNK(st.st_mode):
             # A link's own mode means nothing (always 0777); its owner decides where it points.
-            if st.st_uid != 0:
-                raise UntrustedPath(current, f"symlink {current} is owned by {_user(st.st_uid)}, not root",
-                                    "symlink")
+            _require_root_only(current, st, user_mounts)
             links += 1
             if links > MAX_SYMLINKS:
                 raise UntrustedPath(current, f"{path} has more than {MAX_SYMLINKS} symlinks on the way (a loop?)")
@@ -69,7 +69,7 @@ def resolve_trusted(path: str) -> str:
             continue
         if pending and not stat.S_ISDIR(st.st_mode):
             raise UntrustedPath(current, f"{current} is not a directory")
-        _require_root_only(current, st)
+        _require_root_only(current, st, user_mounts)
         resolved = current
     return resolved
 
@@ -81,17 +81,53 @@ def _lstat(path: str) -> os.stat_result:
         raise UntrustedPath(path, f"{path} cannot be read ({exc.strerror})") from None
 
 
-def _require_root_only(path: str, st: os.stat_result) -> None:
-    """Owned by root and writable by root alone (sticky or not)."""
-    kind = "directory" if stat.S_ISDIR(st.st_mode) else "file"
+def _require_root_only(path: str, st: os.stat_result, user_mounts: dict[int, int]) -> None:
+    """Owned by root and writable by root alone (sticky or not), on a filesystem whose owners
+    are facts rather than some user's claims."""
+    kind = {stat.S_IFDIR: "directory", stat.S_IFLNK: "symlink"}.get(stat.S_IFMT(st.st_mode), "file")
+    if st.st_dev in user_mounts:
+        raise UntrustedPath(path, f"{kind} {path} is on a FUSE filesystem mounted by {_user(user_mounts[st.st_dev])}, "
+                                  "which reports whatever owner its daemon likes",
+                            "keep the file off that user's FUSE mount")
     if st.st_uid != 0:
-        raise UntrustedPath(path, f"{kind} {path} is owned by {_user(st.st_uid)}, not root", kind)
+        fix = f"replace symlink {path} with one root owns (or remove it)" if kind == "symlink" else \
+            f"chown root {path} and chmod go-w {path}"
+        raise UntrustedPath(path, f"{kind} {path} is owned by {_user(st.st_uid)}, not root", fix)
+    if kind == "symlink":
+        return
     if st.st_mode & stat.S_IWOTH:
-        sticky = " (sticky or not: others can add names there and re-point their own links)" \
-            if kind == "directory" and st.st_mode & stat.S_ISVTX else ""
-        raise UntrustedPath(path, f"{kind} {path} is writable by everyone{sticky}", kind, bool(sticky))
+        if kind == "directory" and st.st_mode & stat.S_ISVTX:
+            raise UntrustedPath(path, f"directory {path} is writable by everyone (sticky or not: others can add names "
+                                      "there and re-point their own links)",
+                                f"keep the file out of the shared directory {path}")
+        raise UntrustedPath(path, f"{kind} {path} is writable by everyone", f"chmod go-w {path}")
     if st.st_mode & stat.S_IWGRP:
-        raise UntrustedPath(path, f"{kind} {path} is writable by group {_group(st.st_gid)!r}", kind)
+        raise UntrustedPath(path, f"{kind} {path} is writable by group {_group(st.st_gid)!r}", f"chmod go-w {path}")
+
+
+def parse_user_fuse_mounts(mountinfo: str) -> dict[int, int]:
+    """st_dev -> uid for each FUSE filesystem that a user other than root mounted, from the text
+    of /proc/self/mountinfo (the `user_id` option fusermount passes). On such a mount a file's
+    owner and mode are whatever that user's daemon answers (with user_allow_other, root sees it)."""
+    mounts = {}
+    for line in mountinfo.splitlines():
+        fields, _, tail = line.partition(" - ")
+        fields, tail = fields.split(), tail.split()
+        if len(fields) < 3 or len(tail) < 3 or tail[0].split(".")[0] not in ("fuse", "fuseblk"):
+            continue
+        uids = [option[len("user_id="):] for option in tail[2].split(",") if option.startswith("user_id=")]
+        if uids and uids[0].isdigit() and int(uids[0]) != 0:
+            major, _, minor = fields[2].partition(":")
+            mounts[os.makedev(int(major), int(minor))] = int(uids[0])
+    return mounts
+
+
+def read_user_fuse_mounts() -> dict[int, int]:
+    try:
+        with open("/proc/self/mountinfo") as f:
+            return parse_user_fuse_mounts(f.read())
+    except OSError:
+        return {}
 
 
 def _user(uid: int) -> str:

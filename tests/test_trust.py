@@ -25,6 +25,7 @@ import pytest
 from binfmtd.entry import parse_entry
 from binfmtd.interpreters import read_interpreter
 from binfmtd.targets import BY_NAME
+from binfmtd.trust import UntrustedPath, parse_user_fuse_mounts, resolve_trusted
 
 from conftest import BINFMT_MISC, BINFMTD, ROOT, qemu
 
@@ -84,7 +85,7 @@ def test_nobodys_link_in_a_sticky_world_writable_dir_is_refused_and_their_progra
     link.symlink_to(qemu(T.qemu))
     os.lchown(link, NOBODY, NOBODY)
     assert_refused_alike(ns, tmp_path, shared, f"directory {shared}", "writable by everyone (sticky or not",
-                         f"out of the shared directory {shared}")
+                         f"keep the file out of the shared directory {shared}")
 
     marker = tmp_path / "ran-as-root"
     evil = shared / "evil"
@@ -249,3 +250,29 @@ def test_check_outside_any_namespace_gives_the_same_verdict(tmp_path, root_only_
                           capture_output=True, text=True, timeout=60)
     checked = {c["name"]: c for c in json.loads(done.stdout)["checks"]}[f"interpreter:{T.name}"]
     assert done.returncode == 1 and f"symlink {link} is owned by uid 65534" in checked["detail"], checked
+
+
+MOUNTINFO_FUSE = """\
+22 1 254:0 / / rw,relatime - ext4 /dev/vda rw
+62 22 0:52 / /home/bob/mnt rw,nosuid,nodev,relatime shared:35 - fuse.sshfs bob@example:/ rw,user_id=1000,group_id=1000
+63 22 0:53 / /mnt/roots rw,relatime - fuse.bindfs /srv rw,user_id=0,group_id=0,allow_other
+64 22 8:17 / /media/usb rw,nosuid,nodev - fuseblk /dev/sdb1 rw,user_id=1001,group_id=1001,allow_other,blksize=4096
+65 22 0:20 / /sys/fs/fuse/connections rw - fusectl fusectl rw
+"""
+
+
+def test_fuse_mounts_made_by_users_are_found_in_mountinfo():
+    assert parse_user_fuse_mounts(MOUNTINFO_FUSE) == {os.makedev(0, 52): 1000, os.makedev(8, 17): 1001}
+
+
+def test_owners_on_a_users_fuse_mount_are_not_believed(root_only_dir):
+    """A user's FUSE daemon (seen by root with user_allow_other) can answer "root, 0755" for
+    anything. Producing one needs fusermount and a fuse.conf change on the host, so the mount
+    table is what is given here: the directory's real device stands for a user's FUSE mount."""
+    (root_only_dir / "bin").mkdir()
+    interpreter = root_only_dir / "bin" / f"qemu-{T.qemu}-static"
+    shutil.copy(qemu(T.qemu), interpreter)
+    assert resolve_trusted(str(interpreter), user_mounts={}) == str(interpreter)
+    with pytest.raises(UntrustedPath, match="is on a FUSE filesystem mounted by uid 1000") as refused:
+        resolve_trusted(str(interpreter), user_mounts={os.stat(root_only_dir).st_dev: 1000})
+    assert str(interpreter).startswith(refused.value.component)  # the first component on that device
