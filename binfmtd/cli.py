@@ -69,9 +69,9 @@ def status(as_json: bool = JsonOpt,
         print(f"binfmt_misc: {misc['path']} {state} ({where})")
         if result["entries"]:
             rows = [["NAME", "TARGET", "PLATFORM", "STATE", "FLAGS", "OWNER", "INTERPRETER"]]
-            rows += [[e["name"], e["target"] or "-", e["platform"] or "-",
-                      "enabled" if e["enabled"] else "disabled", e["flags"] or "-", e["owner"], printable(e["interpreter"])]
-                     for e in result["entries"]]  # printable: a newline in a path must not split the row
+            rows += [[e["name"], e["target"] or "-", e["platform"] or "-",  # printable: a newline in a
+                      "enabled" if e["enabled"] else "disabled", e["flags"] or "-",  # path must not split a row
+                      e["owner"], printable(e["interpreter"])] for e in result["entries"]]
             table(rows)
         else:
             print("no entries registered")

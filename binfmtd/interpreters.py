@@ -121,7 +121,10 @@ def trusted_executable(path: str) -> str:
         raise Refused(printable(exc.reason), _trust_fix(exc)) from None
     if problem := interpreter_text_problem(resolved):  # a root-owned link may lead to such a name
         raise Refused(f"resolves to {printable(resolved)}, which {problem}", rename)
-    st = os.lstat(resolved)
+    try:
+        st = os.lstat(resolved)
+    except OSError as exc:  # removed since the walk
+        raise Refused(f"{printable(resolved)} cannot be read ({exc.strerror})", INSTALL_FIX) from None
     if not stat.S_ISREG(st.st_mode):
         raise Refused(f"{printable(resolved)} is not a regular file", INSTALL_FIX)
     if not st.st_mode & 0o111:

@@ -2,7 +2,6 @@
 
 import errno
 import os
-import stat
 
 import pytest
 
@@ -171,7 +170,8 @@ def test_qemu_is_told_from_other_static_binaries_by_its_banner():
         blob = bytes(64) + data
         return blob[:64], lambda offset, size: blob[offset:offset + size]
 
-    banner = b"\0qemu-aarch64 version 7.2.22 (Debian)\nCopyright (c) 2003-2022 Fabrice Bellard and the QEMU Project developers\0"
+    banner = (b"\0qemu-aarch64 version 7.2.22 (Debian)\n"
+              b"Copyright (c) 2003-2022 Fabrice Bellard and the QEMU Project developers\0")
     assert find_qemu_banner(*elf_with(bytes(3 << 20) + banner)) == "qemu-aarch64 version 7.2.22 (Debian)"
     assert find_qemu_banner(*elf_with(b"tcc version 0.9 - Copyright (C) 2001-2006 Fabrice Bellard\0")) is None
     if os.path.exists("/usr/bin/qemu-aarch64-static"):
