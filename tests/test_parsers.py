@@ -10,7 +10,7 @@ from binfmtd.config import parse_config
 from binfmtd.entry import Entry, normalize_flags, parse_entry, parse_register_line
 from binfmtd.errors import UsageError
 from binfmtd.facts import parse_filesystems, parse_kernel_release, parse_mount_type, target_of_entry
-from binfmtd.interpreters import find_qemu_banner, is_static, parse_elf_section, safety_problem
+from binfmtd.interpreters import CHUNK, find_qemu_banner, is_static, parse_elf_section, safety_problem
 from binfmtd.trust import UntrustedPath, resolve_trusted
 from binfmtd.targets import BY_NAME
 
@@ -173,6 +173,8 @@ def test_qemu_is_told_from_other_static_binaries_by_its_banner():
     banner = (b"\0qemu-aarch64 version 7.2.22 (Debian)\n"
               b"Copyright (c) 2003-2022 Fabrice Bellard and the QEMU Project developers\0")
     assert find_qemu_banner(*elf_with(bytes(3 << 20) + banner)) == "qemu-aarch64 version 7.2.22 (Debian)"
+    straddling = bytes(CHUNK - 10 - 64 - banner.index(b"Fabrice")) + banner  # across two reads
+    assert find_qemu_banner(*elf_with(straddling)) == "qemu-aarch64 version 7.2.22 (Debian)"
     assert find_qemu_banner(*elf_with(b"tcc version 0.9 - Copyright (C) 2001-2006 Fabrice Bellard\0")) is None
     if os.path.exists("/usr/bin/qemu-aarch64-static"):
         with open("/usr/bin/qemu-aarch64-static", "rb") as f:
