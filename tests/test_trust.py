@@ -276,3 +276,25 @@ def test_owners_on_a_users_fuse_mount_are_not_believed(root_only_dir):
     with pytest.raises(UntrustedPath, match="is on a FUSE filesystem mounted by uid 1000") as refused:
         resolve_trusted(str(interpreter), user_mounts={os.stat(root_only_dir).st_dev: 1000})
     assert str(interpreter).startswith(refused.value.component)  # the first component on that device
+
+
+@pytest.mark.parametrize("case", ["nobodys-link", "newline"])
+def test_export_refuses_what_apply_refuses(tmp_path, root_only_dir, case):
+    """export (binfmt.d files for systemd-binfmt) is a third client of the same verdict: it
+    writes nothing for an interpreter apply would refuse (a newline used to split its line)."""
+    directory = root_only_dir / ("a\nb" if case == "newline" else "bin")
+    directory.mkdir()
+    if case == "newline":
+        shutil.copy(qemu(T.qemu), directory / f"qemu-{T.qemu}-static")
+    else:
+        (directory / f"qemu-{T.qemu}-static").symlink_to(qemu(T.qemu))
+        os.lchown(directory / f"qemu-{T.qemu}-static", NOBODY, NOBODY)
+    dest = tmp_path / "binfmt.d"
+    dest.mkdir()
+    env = {**os.environ, **write_config(tmp_path, directory), "PYTHONPATH": str(ROOT),
+           "BINFMTD_STATE_DIR": str(tmp_path / "state")}
+    done = subprocess.run([sys.executable, "-m", "binfmtd", "export", "--format", "binfmt.d", "--dest", str(dest),
+                           "aarch64"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert ("contains a newline" if case == "newline" else "is owned by uid 65534") in done.stderr
+    assert list(dest.iterdir()) == []
