@@ -298,3 +298,21 @@ def test_export_refuses_what_apply_refuses(tmp_path, root_only_dir, case):
     assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert ("contains a newline" if case == "newline" else "is owned by uid 65534") in done.stderr
     assert list(dest.iterdir()) == []
+
+
+def test_an_entry_through_nobodys_link_is_not_taken_as_the_desired_one(ns, tmp_path, root_only_dir):
+    """Another tool registered QEMU through nobody's link (the link points at the right file
+    today): that is not "registered as desired". apply leaves it as another tool's, and
+    `apply --force` replaces it with the resolved path."""
+    link = root_only_dir / f"qemu-{T.qemu}-static"
+    link.symlink_to(qemu(T.qemu))
+    os.lchown(link, NOBODY, NOBODY)
+    magic = "".join(f"\\x{b:02x}" for b in T.magic)
+    mask = "".join(f"\\x{b:02x}" for b in T.mask)
+    register = f"printf '%s' {shlex.quote(f':{T.entry_name}:M::{magic}:{mask}:{link}:POCF')} > {BINFMT_MISC}/register"
+    apply, forced, entry = ns.run(register, f"{BINFMTD} apply aarch64 --json", f"{BINFMTD} apply aarch64 --force --json",
+                                  ENTRY)[1:]
+    result, = apply.json()["results"]
+    assert result["action"] == "skipped" and "registered by another tool" in result["reason"], result
+    assert forced.rc == 0 and forced.json()["results"][0]["action"] == "replaced", forced.out
+    assert parse_entry(T.entry_name, entry.out).interpreter == os.path.realpath(qemu(T.qemu))
