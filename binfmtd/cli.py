@@ -61,15 +61,17 @@ def status(as_json: bool = JsonOpt,
         _exit(2)
     as_json = as_json or fmt == "json"
     def render(result: dict) -> None:
+        from binfmtd.entry import printable
+
         misc = result["binfmt_misc"]
         where = "private user-namespace table" if misc["private"] else "host table"
         state = ("mounted, " + ("enabled" if misc["enabled"] else "DISABLED")) if misc["mounted"] else "NOT MOUNTED"
         print(f"binfmt_misc: {misc['path']} {state} ({where})")
         if result["entries"]:
             rows = [["NAME", "TARGET", "PLATFORM", "STATE", "FLAGS", "OWNER", "INTERPRETER"]]
-            rows += [[e["name"], e["target"] or "-", e["platform"] or "-",
-                      "enabled" if e["enabled"] else "disabled", e["flags"] or "-", e["owner"], e["interpreter"]]
-                     for e in result["entries"]]
+            rows += [[e["name"], e["target"] or "-", e["platform"] or "-",  # printable: a newline in a
+                      "enabled" if e["enabled"] else "disabled", e["flags"] or "-",  # path must not split a row
+                      e["owner"], printable(e["interpreter"])] for e in result["entries"]]
             table(rows)
         else:
             print("no entries registered")

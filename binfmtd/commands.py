@@ -275,19 +275,12 @@ def check(names=(), config_file: str | None = None, binfmt_misc: str | None = No
         if target.name in host.native:
             add(f"interpreter:{target.name}", True, f"native on this {host.machine} host; no entry needed")
             continue
-        interp = read_interpreter(target.qemu, dirs)
-        if interp.path is None:
-            add(f"interpreter:{target.name}", False, f"qemu-{target.qemu}-static not found in {':'.join(dirs)}",
-                "install qemu-user-static (apt-get install qemu-user-static) or set interpreter_dirs")
-        elif interp.problem:
-            add(f"interpreter:{target.name}", False, f"{interp.path} {interp.problem}",
-                f"make {interp.path} root-owned and not group/other-writable")
-        elif not interp.static:
-            add(f"interpreter:{target.name}", False, f"{interp.path} is dynamically linked: containers and "
-                "chroots cannot load it", "install qemu-user-static")
+        interp = read_interpreter(target.qemu, dirs)  # the same verdict apply's plan uses
+        if interp.problem:
+            add(f"interpreter:{target.name}", False, interp.described, interp.fix)
         else:
-            version = qemu_version(interp.path)
-            add(f"interpreter:{target.name}", True, f"{interp.path}, static, safe, QEMU {version or '?'}")
+            version = qemu_version(interp.resolved)  # root alone controls it: safe to run
+            add(f"interpreter:{target.name}", True, f"{interp.shown}, static, safe, QEMU {version or '?'}")
     return {"ok": all(c["ok"] for c in checks), "checks": checks}
 
 

@@ -5,7 +5,6 @@ Pure functions only; reading and writing the files is act.py's and facts.py's jo
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 FLAG_ORDER = "POCF"  # the order the kernel prints them in
@@ -51,12 +50,12 @@ class Entry:
 
     def same_registration(self, other: Entry) -> bool:
         """Equal in what the kernel does with it: magic, mask, offset, flags, interpreter
-        (symlinks resolved)."""
+        (root-owned symlinks resolved)."""
         a, b = self.masked(), other.masked()
         return (
             (a.magic, a.mask, a.offset, a.extension) == (b.magic, b.mask, b.offset, b.extension)
             and normalize_flags(a.flags) == normalize_flags(b.flags)
-            and os.path.realpath(a.interpreter) == os.path.realpath(b.interpreter)
+            and same_interpreter(a.interpreter, b.interpreter)
         )
 
     def register_line(self) -> str:
@@ -70,8 +69,10 @@ class Entry:
         """Why the kernel would refuse this entry (fs/binfmt_misc.c create_entry), or None."""
         if self.name in RESERVED_NAMES or "/" in self.name:
             return f"entry name {self.name!r} is not allowed (empty, '.', '..', 'register', 'status' or containing '/')"
-        if ":" in self.name or ":" in self.interpreter:
-            return f"{self.name}: ':' cannot appear in a name or interpreter path"
+        if ":" in self.name or _control_characters(self.name):
+            return f"entry name '{printable(self.name)}' contains ':' or a control character"
+        if problem := interpreter_text_problem(self.interpreter):
+            return f"{self.name}: interpreter path {printable(self.interpreter)} {problem}"
         if problem := flags_problem(self.flags):
             return f"{self.name}: {problem}"
         if not self.interpreter.startswith("/"):
@@ -94,6 +95,43 @@ class Entry:
         return claims(self.magic, self.mask or b"\xff" * len(self.magic), self.offset, header)
 
 
+def interpreter_text_problem(path: str) -> str | None:
+    """Why binfmt_misc cannot hold `path` faithfully as an interpreter ("contains ..."), or None.
+    ':' ends the field in the register line; a newline or other control character is stored,
+    but the entry file the kernel prints splits or garbles it: status, remove, export misread it."""
+    if ":" in path:
+        return "contains ':', which separates a register line's fields"
+    if bad := _control_characters(path):
+        return (f"contains {bad}, which the kernel's entry file cannot show faithfully (status, remove and "
+                "export would misread it)")
+    return None
+
+
+def _control_characters(text: str) -> str:
+    if text.isprintable():  # the common case, in C; it is also False for some harmless non-ASCII
+        return ""
+    bad = sorted({c for c in text if ord(c) < 0x20 or ord(c) == 0x7F})
+    return ", ".join("a newline" if c == "\n" else f"control character {printable(c)}" for c in bad)
+
+
+def printable(text: str) -> str:
+    """`text` with control characters escaped (\\n, \\x01), so a message about it stays one line."""
+    return "".join(c if 0x20 <= ord(c) != 0x7F else repr(c)[1:-1] for c in text)
+
+
+def same_interpreter(a: str, b: str) -> bool:
+    """The same path, or two paths naming the same file through symlinks root alone controls.
+    A path through a link someone else could re-point is not the same as where it points now."""
+    if a == b:
+        return True
+    from binfmtd.trust import UntrustedPath, resolve_trusted
+
+    try:
+        return resolve_trusted(a) == resolve_trusted(b)
+    except UntrustedPath:
+        return False
+
+
 def escape(data: bytes) -> str:
     return "".join(f"\\x{b:02x}" for b in data)
 
@@ -101,12 +139,17 @@ def escape(data: bytes) -> str:
 def parse_entry(name: str, text: str) -> Entry:
     """An entry from the text of /proc/sys/fs/binfmt_misc/<name> (fs/binfmt_misc.c entry_status)."""
     enabled, interpreter, flags, offset, magic, mask, extension = True, "", "", 0, b"", b"", None
-    for line in text.splitlines():
+    in_interpreter = False  # the kernel prints an interpreter path with newlines across lines
+    for line in text.split("\n"):
         key, _, value = line.partition(" ")
+        if in_interpreter and key != "flags:":
+            interpreter += "\n" + line
+            continue
+        in_interpreter = False
         if line in ("enabled", "disabled"):
             enabled = line == "enabled"
         elif key == "interpreter":
-            interpreter = value
+            interpreter, in_interpreter = value, True
         elif key == "flags:":
             flags = value.strip()
         elif key == "offset":

@@ -1,5 +1,7 @@
-"""Interpreter facts: where each target's QEMU is, whether it is static and whether it is safe
-to hand to the kernel as root (a file any non-root user can change is a root shell)."""
+"""Interpreter facts: where each target's QEMU is, and the one verdict on whether binfmtd may
+hand it to the kernel as root: root alone controls its whole path (a file, directory or link
+any non-root user can change is a root shell), it is a statically linked QEMU, and binfmt_misc
+can store its path. What gets registered is the resolved path, so no link is left to re-point."""
 
 from __future__ import annotations
 
@@ -8,19 +10,48 @@ import stat
 import struct
 from dataclasses import dataclass
 
+from binfmtd.entry import interpreter_text_problem, printable
+from binfmtd.trust import UntrustedPath, resolve_trusted
+
 DEFAULT_INTERPRETER_DIRS = ("/usr/bin", "/usr/local/bin", "/usr/libexec/qemu-binfmt")
 PT_INTERP = 3
 
 
 @dataclass(frozen=True)
 class Interpreter:
-    path: str | None  # None: not found
+    """The one verdict on a target's interpreter: `check`, `apply`, `export` and `verify` all
+    judge it through read_interpreter, so they cannot disagree."""
+
+    path: str | None  # as found in interpreter_dirs; None: not found
     static: bool = False
-    problem: str | None = None  # why it is unsafe, None when safe
+    problem: str | None = None  # why it may not be registered (one line), None when it may
+    fix: str | None = None  # what to do about the problem
+    resolved: str | None = None  # what binfmtd registers: no symlinks left, every component root's
+    banner: str | None = None  # QEMU's version line, as stored in the file
 
     @property
     def usable(self) -> bool:
         return self.path is not None and self.problem is None
+
+    @property
+    def shown(self) -> str:
+        """The path as found, and where it leads when that is elsewhere."""
+        path = printable(self.path or "")
+        return f"{path} -> {printable(self.resolved)}" if self.resolved and self.resolved != self.path else path
+
+    @property
+    def described(self) -> str:
+        """The problem, naming the path (for messages: one line, control characters escaped)."""
+        return f"{printable(self.path)}: {self.problem}" if self.path else (self.problem or "")
+
+
+INSTALL_FIX = "install qemu-user-static (apt-get install qemu-user-static) or set interpreter_dirs"
+
+
+class Refused(Exception):
+    def __init__(self, problem: str, fix: str):
+        super().__init__(problem)
+        self.problem, self.fix = problem, fix
 
 
 def candidate_names(qemu: str) -> tuple[str, ...]:
@@ -38,10 +69,79 @@ def find_interpreter(qemu: str, dirs: tuple[str, ...] = DEFAULT_INTERPRETER_DIRS
 
 
 def read_interpreter(qemu: str, dirs: tuple[str, ...] = DEFAULT_INTERPRETER_DIRS) -> Interpreter:
+    """The verdict on target `qemu`'s interpreter: found, controlled by root alone, a static
+    QEMU, and storable in binfmt_misc; with the resolved path to register."""
     path = find_interpreter(qemu, dirs)
     if path is None:
-        return Interpreter(None)
-    return Interpreter(path, is_static(path), safety_problem(path))
+        return Interpreter(None, problem=f"qemu-{qemu}-static not found in {':'.join(dirs)}", fix=INSTALL_FIX)
+    return judge_interpreter(path)
+
+
+def judge_interpreter(path: str) -> Interpreter:
+    try:
+        resolved = trusted_executable(path)
+        with open(resolved, "rb") as f:
+            header = f.read(64)
+            if header[:4] != b"\x7fELF":
+                raise Refused(f"{printable(resolved)} is not an ELF executable, so not QEMU's user-mode emulator",
+                              INSTALL_FIX)
+            if not parse_elf_is_static(header, _reader(f)):
+                raise Refused(f"{printable(resolved)} is dynamically linked: containers and chroots cannot load "
+                              "it", "install qemu-user-static (its emulators are statically linked)")
+            banner = find_qemu_banner(header, _reader(f))
+            if banner is None:
+                raise Refused(f"{printable(resolved)} is not QEMU (it lacks the version banner every QEMU "
+                              "carries)", INSTALL_FIX)
+    except Refused as refused:
+        return Interpreter(path, problem=refused.problem, fix=refused.fix)
+    except OSError as exc:
+        return Interpreter(path, problem=f"cannot be read ({exc.strerror})", fix=INSTALL_FIX)
+    return Interpreter(path, True, resolved=resolved, banner=banner)
+
+
+def safety_problem(path: str) -> str | None:
+    """Why `path` may not be handed to the kernel as root, or None: see trusted_executable."""
+    try:
+        trusted_executable(path)
+    except Refused as refused:
+        return refused.problem
+    return None
+
+
+def trusted_executable(path: str) -> str:
+    """`path` resolved, if binfmt_misc can store it and root alone controls every component
+    (binfmtd.trust) and it names an executable regular file; else Refused, naming the component
+    at fault and the fix."""
+    rename = "use a path without ':' or control characters (rename it, or set interpreter_dirs)"
+    if problem := interpreter_text_problem(path):
+        raise Refused(problem, rename)
+    try:
+        resolved = resolve_trusted(path)
+    except UntrustedPath as exc:
+        raise Refused(printable(exc.reason), _trust_fix(exc)) from None
+    if problem := interpreter_text_problem(resolved):  # a root-owned link may lead to such a name
+        raise Refused(f"resolves to {printable(resolved)}, which {problem}", rename)
+    try:
+        st = os.lstat(resolved)
+    except OSError as exc:  # removed since the walk
+        raise Refused(f"{printable(resolved)} cannot be read ({exc.strerror})", INSTALL_FIX) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise Refused(f"{printable(resolved)} is not a regular file", INSTALL_FIX)
+    if not st.st_mode & 0o111:
+        raise Refused(f"{printable(resolved)} is not executable", f"chmod 755 {printable(resolved)}")
+    return resolved
+
+
+def _trust_fix(exc: UntrustedPath) -> str:
+    elsewhere = "set interpreter_dirs to a directory only root controls"
+    return f"{printable(exc.fix)}, or {elsewhere}" if exc.fix else f"install qemu-user-static, or {elsewhere}"
+
+
+def _reader(f):
+    def read_at(offset: int, size: int) -> bytes:
+        f.seek(offset)
+        return f.read(size)
+    return read_at
 
 
 def parse_elf_is_static(header: bytes, read_at) -> bool:
@@ -57,6 +157,8 @@ def parse_elf_is_static(header: bytes, read_at) -> bool:
         phoff, = struct.unpack_from(endian + "I", header, 28)
         phentsize, phnum = struct.unpack_from(endian + "HH", header, 42)
     table = read_at(phoff, phentsize * phnum)
+    if phentsize < 4 or len(table) < phentsize * phnum:
+        return False  # truncated: not something the kernel could run anyway
     for i in range(phnum):
         p_type, = struct.unpack_from(endian + "I", table, i * phentsize)
         if p_type == PT_INTERP:
@@ -67,65 +169,76 @@ def parse_elf_is_static(header: bytes, read_at) -> bool:
 def is_static(path: str) -> bool:
     try:
         with open(path, "rb") as f:
-            def read_at(offset: int, size: int) -> bytes:
-                f.seek(offset)
-                return f.read(size)
-            return parse_elf_is_static(f.read(64), read_at)
+            return parse_elf_is_static(f.read(64), _reader(f))
     except OSError:
         return False
 
 
-def safety_problem(path: str) -> str | None:
-    """Why `path` is not safe to register as root, or None: it must be a regular executable
-    owned by root, and neither it nor any directory above it (on the way to it and to what its
-    symlinks point at) may be writable by group or others."""
-    try:
-        real = os.path.realpath(path)
-        st = os.stat(real)
-    except OSError as exc:
-        return f"cannot be read ({exc.strerror})"
-    if not stat.S_ISREG(st.st_mode):
-        return "is not a regular file"
-    if not st.st_mode & 0o111:
-        return "is not executable"
-    for checked in _paths_to_check(path, real):
-        try:
-            st = os.lstat(checked) if checked != real else os.stat(real)
-        except OSError as exc:
-            return f"{checked} cannot be read ({exc.strerror})"
-        if stat.S_ISLNK(st.st_mode):
-            continue  # a link's own mode means nothing; its directory and target are checked
-        if st.st_uid != 0:
-            return f"{checked} is owned by uid {st.st_uid}, not root"
-        if st.st_mode & stat.S_IWGRP and not (stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX):
-            return f"{checked} is writable by group {_group_name(st.st_gid)!r}"
-        if st.st_mode & stat.S_IWOTH and not (stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX):
-            # a sticky world-writable directory (/tmp) lets nobody replace root's entries in it
-            return f"{checked} is writable by everyone"
+# Every QEMU of the last decade prints this in --version (QEMU_COPYRIGHT) and so carries it in
+# its read-only data, right after the "qemu-<target> version X" line. Looking for it is how binfmtd
+# tells QEMU from another binary without running anything as root: a cheap test against a
+# mistake (a shell copied into place), not a defence against root, who controls the file anyway
+# (every component is root's by then); an attacker controls nothing on that path.
+QEMU_SIGNATURE = b"Fabrice Bellard and the QEMU Project developers"
+CHUNK = 128 << 10  # QEMU 7.2's banner lies 30-600 KiB into .rodata: read a little at a time
+
+
+def find_qemu_banner(header: bytes, read_at) -> str | None:
+    """QEMU's version line ("qemu-aarch64 version 7.2.22 (Debian ...)") stored in the ELF, or
+    None when the file lacks QEMU's signature. Looks in .rodata first (a few hundred KiB in,
+    so a few reads), then anywhere in the file."""
+    rodata = parse_elf_section(header, read_at, b".rodata")
+    places = [rodata] if rodata else []
+    for start, size in places + [(0, None)]:
+        position = _search(read_at, QEMU_SIGNATURE, start, size)
+        if position is not None:
+            window_start = max(0, position - 256)
+            window = read_at(window_start, position - window_start)
+            line = window[window.rfind(b"\0") + 1:].split(b"\n")[0].decode("utf-8", "replace")
+            return printable(line) if line.startswith("qemu-") else "QEMU"
     return None
 
 
-def _paths_to_check(path: str, real: str) -> list[str]:
-    checked: list[str] = []
-    for leaf in (os.path.abspath(path), real):
-        current = leaf
-        while True:
-            if current not in checked:
-                checked.append(current)
-            parent = os.path.dirname(current)
-            if parent == current:
-                break
-            current = parent
-    return checked
+def _search(read_at, needle: bytes, start: int, size: int | None) -> int | None:
+    offset, end = start, None if size is None else start + size
+    while end is None or offset < end:
+        length = CHUNK if end is None else min(CHUNK, end - offset)
+        data = read_at(offset, length + len(needle) - 1)
+        found = data.find(needle)
+        if found >= 0:
+            return offset + found
+        if len(data) < length + len(needle) - 1:
+            return None  # end of file
+        offset += length
+    return None
 
 
-def _group_name(gid: int) -> str:
-    import grp
-
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return str(gid)
+def parse_elf_section(header: bytes, read_at, name: bytes) -> tuple[int, int] | None:
+    """(file offset, size) of the ELF section called `name`, or None (no such section, or no
+    section headers at all: they are optional)."""
+    if header[:4] != b"\x7fELF" or len(header) < 64:
+        return None
+    is64, endian = header[4] == 2, "<" if header[5] == 1 else ">"
+    if is64:
+        shoff, = struct.unpack_from(endian + "Q", header, 40)
+        shentsize, shnum, shstrndx = struct.unpack_from(endian + "HHH", header, 58)
+        layout = endian + "II8xQQQ"  # sh_name, sh_type, (sh_flags), sh_addr, sh_offset, sh_size
+    else:
+        shoff, = struct.unpack_from(endian + "I", header, 32)
+        shentsize, shnum, shstrndx = struct.unpack_from(endian + "HHH", header, 46)
+        layout = endian + "II4xIII"
+    if not shoff or not shnum or shstrndx >= shnum or shentsize < struct.calcsize(layout):
+        return None
+    table = read_at(shoff, shentsize * shnum)
+    if len(table) < shentsize * shnum:
+        return None
+    sections = [struct.unpack_from(layout, table, i * shentsize) for i in range(shnum)]
+    _, _, _, names_offset, names_size = sections[shstrndx]
+    names = read_at(names_offset, names_size)
+    for sh_name, _, _, offset, size in sections:
+        if names[sh_name:names.find(b"\0", sh_name)] == name:
+            return offset, size
+    return None
 
 
 def qemu_version(path: str, timeout: float = 5.0) -> str | None:

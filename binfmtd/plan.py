@@ -69,10 +69,6 @@ def plan_apply(desired: Desired, host: Host, interpreters: dict[str, Interpreter
     for action in plan.actions:
         if action.action == SKIPPED and action.target.name in host.native:
             continue
-        interpreter = interpreters[action.target.qemu]
-        if interpreter.path and not interpreter.static and "F" in flags:
-            plan.warnings.append(f"{action.target.entry_name}: {interpreter.path} is dynamically linked: containers "
-                                 "and chroots cannot load it; install qemu-user-static")
         for other in shadowing_entries(action.target, host):
             plan.warnings.append(f"{action.target.entry_name}: entry {other.name!r} (not binfmtd's) also claims "
                                  f"{action.target.name} binaries; whichever was registered last wins")
@@ -86,17 +82,16 @@ def _plan_target(target: Target, flags: str, desired: Desired, host: Host,
     if target.name in host.native:
         return Action(target, SKIPPED, f"native: this {host.machine} host runs {target.name} binaries itself",
                       flags=flags)
+    # The interpreter's verdict is interpreters.read_interpreter's alone (check shows the same).
     if interpreter.path is None:
-        reason = (f"no interpreter: qemu-{target.qemu}-static not found; install qemu-user-static "
-                  "or set interpreter_dirs")
+        reason = f"no interpreter: {interpreter.problem}; {interpreter.fix}"
         return Action(target, SKIPPED, reason, flags=flags, error=reason if desired.explicit else None)
-    base = Action(target, UNCHANGED, "", interpreter.path, flags)
+    base = Action(target, UNCHANGED, "", interpreter.resolved or interpreter.path, flags)
     if interpreter.problem:
-        base.action, base.reason = SKIPPED, f"unsafe interpreter: {interpreter.path} {interpreter.problem}"
-        base.error = (f"{name}: interpreter {interpreter.path} {interpreter.problem}; fix its ownership and "
-                      "permissions (root-owned, not group/other-writable) or set interpreter_dirs")
+        base.action, base.reason = SKIPPED, f"interpreter refused: {interpreter.described}"
+        base.error = f"{name}: interpreter {interpreter.described}; {interpreter.fix}"
         return base
-    new = Entry(name, interpreter.path, flags, 0, target.magic, target.mask)
+    new = Entry(name, interpreter.resolved, flags, 0, target.magic, target.mask)
     if problem := new.problem(host.kernel.magic_size_limit):
         base.action, base.reason, base.error = SKIPPED, problem, problem
         return base

@@ -281,7 +281,8 @@ def _cause(target, run, host, entry, interpreter, engine, machine, expected) -> 
     if run.returncode is None:
         return "the probe did not finish in time", "raise the timeout (--timeout), or check the host's load"
     if "uncaught target signal" in run.stderr or (run.returncode and run.returncode >= 128 and interpreter.path):
-        version = qemu_version(interpreter.path) if interpreter.path else None
+        # Only a path root alone controls is run as root (resolved is None for a refused one).
+        version = qemu_version(interpreter.resolved) if interpreter.resolved else None
         return (f"the emulator crashed (QEMU {version or '?'}): {_error_text(run)}",
                 "upgrade qemu-user-static; report the crash to QEMU with the probe")
     if machine and machine not in expected:

@@ -97,6 +97,31 @@ def ns(tmp_path: Path) -> Namespace:
     return Namespace(tmp_path)
 
 
+ROOT_ONLY_BASE = "/var/lib/binfmtd-tests"
+
+
+@pytest.fixture
+def root_only_dir():
+    """A fresh directory root alone controls (every component root-owned, none writable by group
+    or others), as binfmtd demands of an interpreter's path. pytest's tmp_path is under /tmp,
+    which everyone can write to, so interpreters placed there are refused."""
+    import shutil
+    import tempfile
+
+    from binfmtd.trust import UntrustedPath, resolve_trusted
+
+    need(os.geteuid() == 0, "a root-only directory needs root")
+    os.makedirs(ROOT_ONLY_BASE, mode=0o755, exist_ok=True)
+    directory = Path(tempfile.mkdtemp(dir=ROOT_ONLY_BASE))
+    directory.chmod(0o755)
+    try:
+        resolve_trusted(str(directory))
+    except UntrustedPath as exc:
+        need(False, f"no root-only directory for the test: {exc}")
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
 def qemu(target_qemu: str) -> str:
     path = f"/usr/bin/qemu-{target_qemu}-static"
     need(os.path.exists(path), f"{path} is missing (apt-get install qemu-user-static)")

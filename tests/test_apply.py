@@ -5,6 +5,7 @@ import json
 import os
 import shlex
 import subprocess
+import sys
 
 import pytest
 
@@ -69,16 +70,33 @@ def test_without_entries_foreign_binaries_do_not_run(ns, foreign_busybox):
     assert step.rc != 0 and "Exec format error" in step.err
 
 
+SWAP_INTERPRETERS = """
+import os, sys
+from binfmtd.entry import Entry, parse_entry
+path, scripts = "/proc/sys/fs/binfmt_misc", sys.argv[1]
+for name in os.listdir(path):
+    if name.startswith("qemu-"):
+        with open(f"{path}/{name}") as f:
+            e = parse_entry(name, f.read())
+        with open(f"{path}/{name}", "w") as f:
+            f.write("-1")
+        with open(f"{path}/register", "w") as f:
+            f.write(Entry(name, f"{scripts}/{name}", e.flags, e.offset, e.magic, e.mask).register_line())
+"""
+
+
 def test_each_binary_is_claimed_by_exactly_its_own_entry_and_native_ones_by_none(ns, foreign_busybox, tmp_path):
-    """Every entry gets an interpreter that names its target; the kernel's own matching then
-    tells which entry claims each real foreign binary and each target's header."""
+    """binfmtd registers every foreign target; then each entry's interpreter is swapped for a
+    script naming its target (binfmtd itself registers only QEMU), keeping the magic, mask and
+    offset the kernel shows. The kernel's own matching then tells which entry claims each real
+    foreign binary and each target's header."""
     interp_dir = tmp_path / "interpreters"
     interp_dir.mkdir()
     for t in FOREIGN_TARGETS:
-        script = interp_dir / f"qemu-{t.qemu}-static"
+        script = interp_dir / t.entry_name
         script.write_text(f"#!/bin/sh\necho claimed-by:{t.qemu}\n")
         script.chmod(0o755)
-    (tmp_path / "c.toml").write_text(f'interpreter_dirs = ["{interp_dir}"]\n')
+    (tmp_path / "swap.py").write_text(SWAP_INTERPRETERS)
     headers = tmp_path / "headers"
     headers.mkdir()
     for t in FOREIGN_TARGETS:
@@ -87,8 +105,8 @@ def test_each_binary_is_claimed_by_exactly_its_own_entry_and_native_ones_by_none
     run_headers = [str(headers / t.name) for t in FOREIGN_TARGETS]
     run_busybox = [f"{shlex.quote(str(p))} uname -m" for p in foreign_busybox.values()]
     # Flag O hands the binary over as a file descriptor, which a script interpreter cannot use.
-    steps = ns.run(f"{BINFMTD} apply --all --flags PF --config {tmp_path / 'c.toml'}", *run_headers, *run_busybox,
-                   "/bin/true && echo native", "/usr/bin/env python3 -c 'print(1)'")
+    steps = ns.run(f"{BINFMTD} apply --all --flags PF && {sys.executable} {tmp_path / 'swap.py'} {interp_dir}",
+                   *run_headers, *run_busybox, "/bin/true && echo native", "/usr/bin/env python3 -c 'print(1)'")
     assert steps[0].rc == 0, steps[0].err
     for t, step in zip(FOREIGN_TARGETS, steps[1:]):
         assert step.out.strip() == f"claimed-by:{t.qemu}", (t.name, step.err)

@@ -67,8 +67,8 @@ def test_missing_interpreter_fails_a_named_target_and_skips_an_implied_one(ns, t
     assert registered(listing.out) == set()
 
 
-def test_unsafe_interpreter_is_refused_and_other_targets_still_apply(ns, tmp_path):
-    bindir = tmp_path / "bin"
+def test_unsafe_interpreter_is_refused_and_other_targets_still_apply(ns, tmp_path, root_only_dir):
+    bindir = root_only_dir / "bin"
     bindir.mkdir()
     for target, mode in (("aarch64", 0o775), ("riscv64", 0o755)):
         shutil.copy(qemu(target), bindir / f"qemu-{target}-static")

@@ -343,10 +343,10 @@ def test_idle_daemon_costs_almost_nothing(ns):
     assert "drift" not in read(ns, "daemon.log")  # idle means no apply at all
 
 
-def test_failing_target_is_reported_once_and_retried_while_the_others_are_kept(ns, tmp_path):
+def test_failing_target_is_reported_once_and_retried_while_the_others_are_kept(ns, root_only_dir):
     """An unsafe interpreter fails one target; the daemon keeps the others, logs the error once,
     and registers the target on a retry once the admin fixed the permissions."""
-    bad_dir = tmp_path / "interpreters"
+    bad_dir = root_only_dir / "interpreters"
     bad_dir.mkdir()
     interpreter = bad_dir / f"qemu-{FIRST}-static"
     shutil.copy(qemu(FIRST), interpreter)

@@ -2,7 +2,6 @@
 
 import errno
 import os
-import stat
 
 import pytest
 
@@ -11,7 +10,8 @@ from binfmtd.config import parse_config
 from binfmtd.entry import Entry, normalize_flags, parse_entry, parse_register_line
 from binfmtd.errors import UsageError
 from binfmtd.facts import parse_filesystems, parse_kernel_release, parse_mount_type, target_of_entry
-from binfmtd.interpreters import is_static, safety_problem
+from binfmtd.interpreters import CHUNK, find_qemu_banner, is_static, parse_elf_section, safety_problem
+from binfmtd.trust import UntrustedPath, resolve_trusted
 from binfmtd.targets import BY_NAME
 
 # Printed by Linux 6.18 for an entry registered by binfmtd.
@@ -110,39 +110,104 @@ def test_static_and_dynamic_executables_are_told_apart():
     assert not is_static("/bin/ls")  # dynamically linked on every Debian
 
 
-def test_interpreter_safety(tmp_path):
-    directory = tmp_path / "bin"
+def test_interpreter_safety(root_only_dir):
+    directory = root_only_dir / "bin"
     directory.mkdir()
     interp = directory / "qemu-test-static"
     interp.write_bytes(b"\x7fELF")
     interp.chmod(0o755)
     assert safety_problem(str(interp)) is None
     interp.chmod(0o775)
-    assert "writable by group" in safety_problem(str(interp))
+    assert safety_problem(str(interp)) == f"file {interp} is writable by group 'root'"
     interp.chmod(0o755)
     directory.chmod(0o757)
-    assert safety_problem(str(interp)) == f"{directory} is writable by everyone"
+    assert safety_problem(str(interp)) == f"directory {directory} is writable by everyone"
     directory.chmod(0o755)
     os.chown(interp, 1000, 1000)
-    assert "owned by uid 1000" in safety_problem(str(interp))
+    assert safety_problem(str(interp)).startswith(f"file {interp} is owned by uid 1000")
     os.chown(interp, 0, 0)
-    link = tmp_path / "link"
+    link = root_only_dir / "link"
     link.symlink_to(interp)
     assert safety_problem(str(link)) is None
+    os.lchown(link, 1000, 1000)
+    assert safety_problem(str(link)).startswith(f"symlink {link} is owned by uid 1000")
+    os.lchown(link, 0, 0)
     interp.chmod(0o644)
-    assert safety_problem(str(link)) == "is not executable"
-    assert "cannot be read" in safety_problem(str(tmp_path / "missing"))
+    assert safety_problem(str(link)) == f"{interp} is not executable"
+    assert "cannot be read" in safety_problem(str(root_only_dir / "missing"))
 
 
-def test_sticky_world_writable_parent_is_safe(tmp_path):
-    sticky = tmp_path / "sticky"
+def test_sticky_world_writable_directory_is_not_trusted(root_only_dir):
+    """sudo's secure-path rule: a sticky bit keeps others from replacing root's names, not from
+    adding their own, so a sticky world-writable directory on the way is refused all the same."""
+    sticky = root_only_dir / "sticky"
     sticky.mkdir()
-    sticky.chmod(0o1777 | stat.S_ISVTX)
+    sticky.chmod(0o1777)
     (sticky / "d").mkdir(mode=0o755)
     interp = sticky / "d" / "q"
     interp.write_bytes(b"")
     interp.chmod(0o755)
-    assert safety_problem(str(interp)) is None
+    assert safety_problem(str(interp)).startswith(f"directory {sticky} is writable by everyone (sticky or not")
+
+
+def test_trusted_path_resolves_relative_links_dots_and_loops(root_only_dir):
+    (root_only_dir / "real").mkdir()
+    (root_only_dir / "real" / "q").write_bytes(b"")
+    (root_only_dir / "up").symlink_to("real/../real")
+    (root_only_dir / "abs").symlink_to(root_only_dir / "up" / "q")
+    assert resolve_trusted(f"{root_only_dir}/./abs") == f"{root_only_dir}/real/q"
+    (root_only_dir / "loop").symlink_to("loop")
+    with pytest.raises(UntrustedPath, match="more than 40 symlinks"):
+        resolve_trusted(str(root_only_dir / "loop"))
+    with pytest.raises(UntrustedPath, match="is not a directory"):
+        resolve_trusted(f"{root_only_dir}/real/q/x")
+    with pytest.raises(UntrustedPath, match="not an absolute path"):
+        resolve_trusted("relative/q")
+
+
+def test_qemu_is_told_from_other_static_binaries_by_its_banner():
+    def elf_with(data: bytes) -> tuple[bytes, object]:
+        blob = bytes(64) + data
+        return blob[:64], lambda offset, size: blob[offset:offset + size]
+
+    banner = (b"\0qemu-aarch64 version 7.2.22 (Debian)\n"
+              b"Copyright (c) 2003-2022 Fabrice Bellard and the QEMU Project developers\0")
+    assert find_qemu_banner(*elf_with(bytes(3 << 20) + banner)) == "qemu-aarch64 version 7.2.22 (Debian)"
+    straddling = bytes(CHUNK - 10 - 64 - banner.index(b"Fabrice")) + banner  # across two reads
+    assert find_qemu_banner(*elf_with(straddling)) == "qemu-aarch64 version 7.2.22 (Debian)"
+    assert find_qemu_banner(*elf_with(b"tcc version 0.9 - Copyright (C) 2001-2006 Fabrice Bellard\0")) is None
+    if os.path.exists("/usr/bin/qemu-aarch64-static"):
+        with open("/usr/bin/qemu-aarch64-static", "rb") as f:
+            header = f.read(64)
+            assert parse_elf_section(header, lambda o, n: (f.seek(o), f.read(n))[1], b".rodata")
+            assert find_qemu_banner(header, lambda o, n: (f.seek(o), f.read(n))[1]).startswith(
+                "qemu-aarch64 version ")
+
+
+KERNEL_NEWLINE = """enabled
+interpreter /opt/a
+b
+flags: F
+offset 0
+magic 7f454c460201010000000000000000000200b700
+mask ffffffffffffff00fffffffffffffffffeffffff
+"""
+
+
+def test_an_interpreter_with_a_newline_is_read_back_whole():
+    # Printed by Linux 6.18 for an entry registered with interpreter "/opt/a\nb".
+    entry = parse_entry("qemu-aarch64", KERNEL_NEWLINE)
+    assert (entry.interpreter, entry.flags, entry.magic) == ("/opt/a\nb", "F", BY_NAME["aarch64"].magic)
+
+
+@pytest.mark.parametrize("interpreter, says", [
+    ("/opt/q\nx", "contains a newline"), ("/opt/q\tx", "control character \\t"), ("/opt/q\x7fx", "\\x7f"),
+    ("/opt/q:x", "contains ':'"),
+])
+def test_entries_that_binfmt_misc_cannot_hold_faithfully_are_refused(interpreter, says):
+    t = BY_NAME["aarch64"]
+    problem = Entry("qemu-aarch64", interpreter, "F", 0, t.magic, t.mask).problem()
+    assert says in problem and "\n" not in problem
 
 
 def test_config_parses_targets_flags_and_dirs():

@@ -38,8 +38,8 @@ def test_sandbox_verifies_every_registered_target_with_its_machine(ns):
             assert r["entry"] == {"name": f"qemu-{r['target']}", "present": True, "enabled": True, "flags": "POCF"}
 
 
-def test_broken_targets_fail_with_their_cause_and_exit_1(ns, tmp_path):
-    bindir = tmp_path / "bin"
+def test_broken_targets_fail_with_their_cause_and_exit_1(ns, tmp_path, root_only_dir):
+    bindir = root_only_dir / "bin"
     bindir.mkdir()
     shutil.copy(qemu("s390x"), bindir / "qemu-s390x-static")
     (tmp_path / "c.toml").write_text(f'interpreter_dirs = ["{bindir}", "/usr/bin"]\n')
@@ -62,8 +62,8 @@ def test_broken_targets_fail_with_their_cause_and_exit_1(ns, tmp_path):
     assert text.rc == 1 and "FAILED" in text.out and "cause: entry qemu-arm is disabled" in text.out
 
 
-def test_f_flag_keeps_working_when_the_interpreter_file_is_deleted(ns, tmp_path):
-    bindir = tmp_path / "bin"
+def test_f_flag_keeps_working_when_the_interpreter_file_is_deleted(ns, tmp_path, root_only_dir):
+    bindir = root_only_dir / "bin"
     bindir.mkdir()
     shutil.copy(qemu("riscv64"), bindir / "qemu-riscv64-static")
     (tmp_path / "c.toml").write_text(f'interpreter_dirs = ["{bindir}"]\n')
