@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from binfmtd.entry import Entry, parse_register_line
 from binfmtd.errors import BinfmtdError, HostUnsupported
+from binfmtd.trust import UntrustedPath, resolve_trusted
 
 DEFAULT_STATE_DIR = "/var/lib/binfmtd"
 # Every file in the state directory, named here only.
@@ -42,50 +43,6 @@ class StateCorrupt(BinfmtdError):
 
 
 # -- safe files ----------------------------------------------------------------------------------
-
-def untrusted_component(path: str, allow_sticky: bool = True) -> str | None:
-    """Why someone other than root could change what `path` names, or None (sudo's secure-path
-    rule). Every component from / down, links and what they point at included, must be owned by
-    root and not writable by group or others. With `allow_sticky`, a sticky directory (/tmp) is
-    allowed above the last component: nobody else can rename or delete root's entries in it."""
-    parts = [p for p in os.path.abspath(path).split("/") if p]
-    current, links = "/", 0
-    problem = _unsafe_mode(current, allow_sticky and bool(parts))
-    while parts and problem is None:
-        name = parts.pop(0)
-        if name in (".", ".."):
-            current = os.path.dirname(current) if name == ".." else current
-            continue
-        candidate = os.path.join(current, name)
-        try:
-            st = os.lstat(candidate)
-        except FileNotFoundError:
-            return None  # what does not exist yet is created by root, below a checked directory
-        except OSError as exc:
-            return f"{candidate} cannot be examined ({exc.strerror})"
-        if st.st_uid != 0:
-            return f"{candidate} is owned by uid {st.st_uid}, not root"
-        if stat.S_ISLNK(st.st_mode):
-            links += 1
-            if links > 40:
-                return f"{path} has too many symbolic links"
-            target = os.readlink(candidate)
-            parts = [p for p in target.split("/") if p] + parts
-            current = "/" if target.startswith("/") else current
-            continue
-        current = candidate
-        problem = _unsafe_mode(current, allow_sticky and bool(parts), st)
-    return problem
-
-
-def _unsafe_mode(path: str, sticky_ok: bool, st: os.stat_result | None = None) -> str | None:
-    st = st or os.lstat(path)
-    if st.st_uid != 0:
-        return f"{path} is owned by uid {st.st_uid}, not root"
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not (sticky_ok and st.st_mode & stat.S_ISVTX):
-        return f"{path} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
-    return None
-
 
 def read_small(path: str, limit: int = MAX_FILE_SIZE) -> bytes | None:
     """A small regular file's bytes, or None when it does not exist. Never follows a link at the
@@ -168,9 +125,11 @@ def open_state_dir(state_dir: str) -> str:
     except OSError as exc:
         raise HostUnsupported(f"cannot create state directory {state_dir} ({exc.strerror}); "
                               "set BINFMTD_STATE_DIR to a directory root can write") from None
-    if problem := untrusted_component(state_dir):
-        raise HostUnsupported(f"state directory {state_dir} is not safe: {problem}; make every directory on its "
-                              "path root-owned and not writable by group/others, or set BINFMTD_STATE_DIR")
+    try:
+        resolve_trusted(state_dir, sticky_above=True)
+    except UntrustedPath as exc:
+        raise HostUnsupported(f"state directory {state_dir} is not safe: {exc.reason}; "
+                              f"{exc.fix or 'make its path root-only'}, or set BINFMTD_STATE_DIR") from None
     return state_dir
 
 

@@ -31,17 +31,20 @@ class UntrustedPath(Exception):
         self.component, self.reason, self.fix = component, reason, fix
 
 
-def resolve_trusted(path: str, user_mounts: dict[int, int] | None = None) -> str:
+def resolve_trusted(path: str, user_mounts: dict[int, int] | None = None, sticky_above: bool = False) -> str:
     """The absolute path without symlinks that `path` names, if root alone controls every
     component on the way (the last one included); else UntrustedPath. The last component may be
     any file type; the caller decides what it must be. `user_mounts` is
-    parse_user_fuse_mounts' answer (read from /proc/self/mountinfo when None)."""
+    parse_user_fuse_mounts' answer (read from /proc/self/mountinfo when None). `sticky_above`
+    admits a sticky directory (/tmp) above the last component, for a directory binfmtd itself
+    keeps there: others cannot rename or delete root's names in it, and a path walked to its end
+    through root's names only has no link of theirs to re-point."""
     if not path.startswith("/"):
         raise UntrustedPath(path, f"{path} is not an absolute path")
     if user_mounts is None:
         user_mounts = read_user_fuse_mounts()
     resolved = "/"
-    _require_root_only("/", _lstat("/"), user_mounts)
+    _require_root_only("/", _lstat("/"), user_mounts, sticky_above)
     pending = [part for part in path.split("/") if part]
     links = 0
     while pending:
@@ -69,7 +72,7 @@ def resolve_trusted(path: str, user_mounts: dict[int, int] | None = None) -> str
             continue
         if pending and not stat.S_ISDIR(st.st_mode):
             raise UntrustedPath(current, f"{current} is not a directory")
-        _require_root_only(current, st, user_mounts)
+        _require_root_only(current, st, user_mounts, sticky_above and bool(pending))
         resolved = current
     return resolved
 
@@ -81,7 +84,7 @@ def _lstat(path: str) -> os.stat_result:
         raise UntrustedPath(path, f"{path} cannot be read ({exc.strerror})") from None
 
 
-def _require_root_only(path: str, st: os.stat_result, user_mounts: dict[int, int]) -> None:
+def _require_root_only(path: str, st: os.stat_result, user_mounts: dict[int, int], sticky_ok: bool = False) -> None:
     """Owned by root and writable by root alone (sticky or not), on a filesystem whose owners
     are facts rather than some user's claims."""
     kind = {stat.S_IFDIR: "directory", stat.S_IFLNK: "symlink"}.get(stat.S_IFMT(st.st_mode), "file")
@@ -93,7 +96,7 @@ def _require_root_only(path: str, st: os.stat_result, user_mounts: dict[int, int
         fix = f"replace symlink {path} with one root owns (or remove it)" if kind == "symlink" else \
             f"chown root {path} and chmod go-w {path}"
         raise UntrustedPath(path, f"{kind} {path} is owned by {_user(st.st_uid)}, not root", fix)
-    if kind == "symlink":
+    if kind == "symlink" or (sticky_ok and kind == "directory" and st.st_mode & stat.S_ISVTX):
         return
     if st.st_mode & stat.S_IWOTH:
         if kind == "directory" and st.st_mode & stat.S_ISVTX:

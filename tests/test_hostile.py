@@ -45,7 +45,7 @@ def test_state_directory_below_a_directory_others_can_write_is_refused(ns):
     ns.state_dir = parent / "state"
     apply, remove, listing = ns.run(f"{BINFMTD} apply aarch64", f"{BINFMTD} remove --all", LIST)
     assert apply.rc == remove.rc == 3
-    assert "writable by group or others" in one_error_line(apply)
+    assert "writable by everyone" in one_error_line(apply)
     assert listing.out.split() == ["register", "status"]
 
 
