@@ -590,6 +590,10 @@ def test_drift_is_the_kernel_against_the_desired_state_in_an_operators_words():
     as_desired = Table(True, "enabled", tuple((name, entry_text()) for name in sorted(want)) + (
         ("jar", "enabled\n"), ("qemu-mips", entry_text(flags="OC"))))
     assert find_drift(as_desired, watch, BINFMT_MISC).changes == []  # others' entries are not drift
+    changed_again = Table(True, "enabled", tuple((name, entry_text(flags="F" if name == "qemu-s390x" else "POCF"))
+                                                 for name in sorted(want)) + as_desired.entries[-2:])
+    assert find_drift(changed_again, watch, BINFMT_MISC).reclaim == {"qemu-s390x"}  # texts found as desired are
+    assert find_drift(as_desired, watch, BINFMT_MISC).changes == []  # remembered; a new text is compared again
     without_mips = Table(True, "enabled", as_desired.entries[:-1])
     assert find_drift(without_mips, watch, BINFMT_MISC).changes == ["qemu-mips was removed (it was another tool's)"]
     assert find_drift(Table(False), watch, BINFMT_MISC).changes == [f"binfmt_misc was unmounted from {BINFMT_MISC}"]
