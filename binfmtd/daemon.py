@@ -363,7 +363,7 @@ class Daemon:
         started = time.monotonic()
         try:
             # a short lock wait: a long one would starve the watchdog pings
-            removal = self._remove_dropped()
+            removed = self._remove_dropped()
             report = commands.apply(config=self.settings, binfmt_misc=self.path, state_dir=self.state_dir,
                                     lock_timeout=LOCK_TIMEOUT, reclaim=tuple(sorted(reclaim)))
         except HostUnsupported as exc:
@@ -381,12 +381,12 @@ class Daemon:
         self.watch = watch_from_report(report, self._state(), table.status)
         elapsed = (time.monotonic() - started) * 1000
         changed = [r for r in report.results if r["action"] not in ("unchanged", "skipped")]
-        for r in removal + changed:
+        for r in changed:
             self.log(NOTICE, f"{r['name']} {r['action']} ({r['reason']})")
-        if removal or report.changed:
+        if removed or report.changed:
             if why == "repair":
                 self.repairs += 1
-            count = len(removal) + len(changed)
+            count = removed + len(changed)
             self.log(NOTICE, f"{why}: {count} entr{'y' if count == 1 else 'ies'} changed in {elapsed:.0f} ms"
                              if count else f"{why}: mounted binfmt_misc on {self.path} in {elapsed:.0f} ms")
         elif why != "start":
@@ -396,8 +396,8 @@ class Daemon:
         # what binfmtd leaves and why, once while it holds: native targets, no QEMU, others' entries
         problems |= {(NOTICE if r["name"] in self.watch.held else INFO, f"{r['name']} skipped ({r['reason']})")
                      for r in report.results if r["action"] == "skipped" and r["target"] not in failing}
-        problems |= {(ERR, f"{name}: no longer in the config, but cannot remove it ({message})")
-                     for name, message in sorted(self.removal_errors.items())}
+        problems |= {(ERR, f"no longer in the config, but not removed: {message}")
+                     for message in self.removal_errors.values()}
         textfile = self.settings.daemon_textfile
         if textfile:
             problems |= self._write_metrics(textfile)
@@ -421,22 +421,28 @@ class Daemon:
         except BinfmtdError:  # the next apply reports it; meanwhile treat nothing as binfmtd's
             return State()
 
-    def _remove_dropped(self) -> list[dict]:
+    def _remove_dropped(self) -> int:
         """Remove the targets a reload dropped from the config, where binfmtd owns the entry
-        (a taken-over original is put back, as `binfmtd remove` does); others' entries stay.
-        Returns the removals; a target that failed stays pending and is retried."""
+        (a taken-over original is put back, as `binfmtd remove` does); others' entries stay,
+        and the log says so. A target that failed stays pending and is retried. Returns how
+        many entries were removed (logged here: the apply after it may still fail)."""
         self.removal_errors = {}
         if not self.dropped:
-            return []
+            return 0
         report = commands.remove(sorted(self.dropped), binfmt_misc=self.path, state_dir=self.state_dir,
                                  lock_timeout=LOCK_TIMEOUT)
-        self.removal_errors = {lookup(e["target"]).entry_name: e["message"] for e in report.errors}
-        self.dropped = {e["target"] for e in report.errors}
+        self.removal_errors = {e["target"]: e["message"] for e in report.errors}
+        self.dropped = set(self.removal_errors)
+        removed = 0
         for r in report.results:
-            if r["action"] == "skipped" and r["target"] not in self.dropped:
+            if r["target"] in self.dropped:
+                continue
+            if r["action"] == "removed":
+                removed += 1
+                self.log(NOTICE, f"{r['name']} removed (no longer in the config; {r['reason']})")
+            elif r["action"] == "skipped":
                 self.log(NOTICE, f"{r['name']} left in place: no longer in the config, but {r['reason']}")
-        return [{**r, "reason": f"no longer in the config; {r['reason']}"}
-                for r in report.results if r["action"] == "removed"]
+        return removed
 
     def _write_metrics(self, textfile: str) -> set[tuple[int, str]]:
         """The [daemon] textfile for node_exporter, rewritten after each apply; a problem if not."""
