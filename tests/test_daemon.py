@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from binfmtd.daemon import Log, Table, Watch, boot_message, find_drift, load_settings, watchdog_period
+from binfmtd.daemon import (Log, Table, Watch, boot_message, find_drift, load_settings, watch_from_report,
+                            watchdog_period)
 from binfmtd.entry import Entry, parse_entry
 from binfmtd.errors import UsageError
 from binfmtd.facts import native_targets
@@ -597,6 +598,25 @@ def test_drift_is_the_kernel_against_the_desired_state_in_an_operators_words():
     without_mips = Table(True, "enabled", as_desired.entries[:-1])
     assert find_drift(without_mips, watch, BINFMT_MISC).changes == ["qemu-mips was removed (it was another tool's)"]
     assert find_drift(Table(False), watch, BINFMT_MISC).changes == [f"binfmt_misc was unmounted from {BINFMT_MISC}"]
+
+
+def test_desired_state_comes_from_the_apply_and_the_state_not_from_the_table():
+    from binfmtd.commands import ChangeReport
+    from binfmtd.state import Owned, State
+
+    def result(target, action, interpreter=f"/usr/bin/qemu-{FIRST}-static", reason=""):
+        return {"target": target, "platform": None, "name": f"qemu-{target}", "action": action,
+                "reason": reason, "interpreter": interpreter, "flags": "POCF"}
+
+    mine = Entry(f"qemu-{FIRST}", f"/usr/bin/qemu-{FIRST}-static", "POCF", 0, lookup(FIRST).magic, lookup(FIRST).mask)
+    report = ChangeReport(False, [result(FIRST, "unchanged"), result(SECOND, "unchanged"), result(THIRD, "skipped"),
+                                  result("arm", "skipped", interpreter=None), result("mips", "skipped")],
+                          [{"target": "mips", "message": "unsafe"}], False)
+    watch = watch_from_report(report, State({mine.name: Owned(mine.register_line())}), "enabled")
+    assert set(watch.entries) == {f"qemu-{FIRST}", f"qemu-{SECOND}"}  # kept as configured
+    assert watch.owned == {f"qemu-{FIRST}"}  # the state records it: binfmtd's; SECOND is another tool's as desired
+    assert watch.held == {f"qemu-{THIRD}"}  # another tool holds the name: binfmtd's once it is gone
+    # no interpreter (native, no QEMU) and failing targets (retried on their own) are not watched
 
 
 def test_watchdog_period_is_half_of_watchdog_usec_and_only_for_this_pid():
