@@ -298,8 +298,8 @@ def config_targets(config: Config) -> set[str]:
 
 def table_problems(table: Table, path: str) -> set[tuple[int, str]]:
     if table.mounted and table.status == "disabled":
-        return {(WARNING, f"binfmt_misc is disabled as a whole on {path}, so no entry is used; "
-                          f"`echo 1 > {path}/status` turns it back on (apply does not)")}
+        return {(WARNING, (f"binfmt_misc is disabled as a whole on {path}, so no entry is used; "
+                           f"`echo 1 > {path}/status` turns it back on (apply does not)"))}
     return set()
 
 

@@ -575,12 +575,14 @@ def entry_text(enabled=True, flags="POCF") -> str:
 def test_drift_is_the_kernel_against_the_desired_state_in_an_operators_words():
     """Each entry is compared with what the config wants, not with the last table read: an
     entry missing is drift whatever the table looked like a tick ago."""
-    want = {name: parse_entry(name, entry_text()) for name in ("qemu-aarch64", "qemu-riscv64", "qemu-s390x", "qemu-arm")}
+    names = ("qemu-aarch64", "qemu-riscv64", "qemu-s390x", "qemu-arm")
+    want = {name: parse_entry(name, entry_text()) for name in names}
     watch = Watch(dict(want), owned={"qemu-aarch64", "qemu-riscv64", "qemu-s390x"}, held={"qemu-mips"},
                   status="enabled")
     table = Table(True, "disabled", (("jar", "enabled\n"), ("qemu-arm", entry_text(flags="F")),
                                      ("qemu-mips", entry_text(flags="F")),
-                                     ("qemu-riscv64", entry_text(enabled=False)), ("qemu-s390x", entry_text(flags="F"))))
+                                     ("qemu-riscv64", entry_text(enabled=False)),
+                                     ("qemu-s390x", entry_text(flags="F"))))
     drift = find_drift(table, watch, BINFMT_MISC)
     assert drift.changes == ["binfmt_misc was disabled as a whole", "qemu-aarch64 was removed", "qemu-arm was changed",
                              "qemu-riscv64 was disabled", "qemu-s390x was changed"]
