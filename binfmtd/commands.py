@@ -95,8 +95,9 @@ def _report(plan: Plan, check: bool, errors: list[tuple[str, str]]) -> ChangeRep
 
 def apply(names=(), all_targets=False, flags: str | None = None, force=False, check=False,
           config_file: str | None = None, binfmt_misc: str | None = None, state_dir: str | None = None,
-          config: Config | None = None, lock_timeout: float = 60.0) -> ChangeReport:
-    """`config` is a config already loaded (the daemon's, checked once); else `config_file`'s."""
+          config: Config | None = None, lock_timeout: float = 60.0, reclaim=()) -> ChangeReport:
+    """`config` is a config already loaded (the daemon's, checked once); else `config_file`'s.
+    `reclaim`: entry names to put back although they differ from the state's record (plan.Desired)."""
     config = config or load_config(config_file)
     flags = flags if flags is not None else (config and config.flags) or DEFAULT_FLAGS
     if problem := flags_problem(flags):
@@ -108,7 +109,7 @@ def apply(names=(), all_targets=False, flags: str | None = None, force=False, ch
 
     def plan_now(host: facts.Host, state: State) -> Plan:
         targets, explicit = desired_targets(names, all_targets, config, host.native)
-        desired = Desired(targets, normalize_flags(flags), explicit, force)
+        desired = Desired(targets, normalize_flags(flags), explicit, force, frozenset(reclaim))
         return plan_apply(desired, host, _read_interpreters(targets, host.native, dirs), state)
 
     if check:
@@ -170,7 +171,7 @@ def desired_entries(names=(), all_targets=False, flags: str | None = None,
 
 
 def remove(names=(), all_targets=False, force=False, check=False, config_file: str | None = None,
-           binfmt_misc: str | None = None, state_dir: str | None = None) -> ChangeReport:
+           binfmt_misc: str | None = None, state_dir: str | None = None, lock_timeout: float = 60.0) -> ChangeReport:
     if not names and not all_targets:
         raise UsageError("name the targets to remove, or pass --all")
     path, state_dir = _paths(binfmt_misc, state_dir)
@@ -186,7 +187,7 @@ def remove(names=(), all_targets=False, force=False, check=False, config_file: s
     _require_root_and_kernel(facts.read_kernel())
     from binfmtd.act import execute, recover
 
-    with locked(state_dir):
+    with locked(state_dir, lock_timeout):
         state = load_state(state_dir)
         recovered = recover(path, state_dir, state)
         host = facts.read_host(path)

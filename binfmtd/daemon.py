@@ -3,11 +3,20 @@ commands.apply, the function the CLI calls: no fork, no PID file; systemd owns t
 (Type=notify, WatchdogSec=, ExecReload=kill -HUP $MAINPID) and reads its plain lines on stderr.
 
 The loop sleeps in select() on a self-pipe that the signal handlers' wakeup fd writes to, so a
-signal wakes it at once and no work happens inside a handler. Each tick reads only a fingerprint
-of the table (mounted?, status, each entry's text); a full apply (facts, interpreters, plan, act)
-runs only when the fingerprint moved away from the one taken after the last apply, on SIGHUP, and
-as a backed-off retry while targets fail. After each apply the [daemon] textfile, if set, gets
-the Prometheus metrics (binfmtd.metrics).
+signal wakes it at once and no work happens inside a handler. Each tick reads the table (mounted?,
+status, each entry's text) and compares it with the desired state the last apply established
+(the entries the config wants, never a snapshot of the table: a snapshot taken after a repair
+would make an entry removed in that moment look normal for ever). A full apply (facts,
+interpreters, plan, act) runs only when that comparison finds something to repair, on SIGHUP,
+and as a backed-off retry while targets fail. After each apply the [daemon] textfile, if set,
+gets the Prometheus metrics (binfmtd.metrics).
+
+Whose entry is it? An entry binfmtd registered (its state records that very entry at the last
+apply) that someone then changed is drift, repaired like a removal: the daemon's job is the
+config. An entry another tool had registered as desired before binfmtd did is that tool's: when
+it changes, the daemon says so and leaves it, and registers its own once the name is free. A
+target dropped from the config on SIGHUP is removed where binfmtd owns the entry (as `binfmtd
+remove` does: a taken-over original is put back).
 
 The kernel sends no uevent for binfmt_misc (it has no kobject; measured: none on register,
 disable, remove, umount). inotify on the mount does see writes to register/status/entries,
@@ -26,12 +35,15 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from binfmtd import commands, facts
 from binfmtd.config import Config, load_config
+from binfmtd.entry import Entry, parse_entry
 from binfmtd.errors import EXIT_OK, EXIT_USAGE, BinfmtdError, HostUnsupported, UsageError
-from binfmtd.state import BOOT_FILE, READY_FILE, open_state_dir, read_record, state_dir_from_env, write_record
+from binfmtd.state import (BOOT_FILE, READY_FILE, State, load_state, open_state_dir, read_record, state_dir_from_env,
+                           touch_record, write_record)
+from binfmtd.targets import lookup
 
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 DEFAULTS = Config("")
@@ -127,7 +139,7 @@ def watchdog_period(environ) -> float | None:
     return value / 2e6 if value > 0 else None
 
 
-# -- the fingerprint: all a tick reads ----------------------------------------------------------
+# -- the desired state, and the drift from it: all a tick computes ------------------------------
 
 @dataclass(frozen=True)
 class Table:
@@ -158,26 +170,86 @@ def read_table(path: str) -> Table:
     return Table(True, facts.read_text(os.path.join(path, "status")).strip(), tuple(entries))
 
 
-def describe_drift(before: Table, after: Table, path: str) -> list[str]:
-    """What moved between two fingerprints, in an operator's words."""
-    if before.mounted and not after.mounted:
-        return [f"binfmt_misc was unmounted from {path}"]
-    if not before.mounted and after.mounted:
-        return [f"binfmt_misc was mounted on {path}"]
-    changes = []
-    if before.status != after.status:
-        changes.append(f"binfmt_misc was {after.status or 'made unreadable'} as a whole")
-    old, new = dict(before.entries), dict(after.entries)
-    for name in sorted(old.keys() | new.keys()):
-        if name not in new:
-            changes.append(f"{name} was removed")
-        elif name not in old:
-            changes.append(f"{name} was added")
-        elif old[name] != new[name]:
-            was_enabled, is_enabled = (text.startswith("enabled") for text in (old[name], new[name]))
-            what = "changed" if was_enabled == is_enabled else "re-enabled" if is_enabled else "disabled"
-            changes.append(f"{name} was {what}")
-    return changes
+@dataclass
+class Watch:
+    """What the kernel must show for the daemon to have nothing to do. Taken from the last
+    apply's results, i.e. from the config, never from a snapshot of the table: an entry removed
+    in the moment after an apply is then missing at the next tick, not part of "normal"."""
+
+    entries: dict[str, Entry] = field(default_factory=dict)  # present, enabled, as configured
+    owned: set[str] = field(default_factory=set)  # those of `entries` binfmtd's state records as its own
+    held: set[str] = field(default_factory=set)  # names another tool's entry holds: binfmtd's once gone
+    status: str = ""  # binfmt_misc enabled/disabled as a whole: the admin's switch, reported, not repaired
+    # entry texts found as desired: the same text again is one string comparison, not a parse
+    # and two realpath() calls (half of an idle tick's CPU with 30 entries)
+    verified: dict[str, str] = field(default_factory=dict)
+
+
+def watch_from_report(report: commands.ChangeReport, state: State, status: str) -> Watch:
+    """The desired state an apply established. A target with no interpreter (native, no QEMU)
+    has nothing to keep; a failing one is retried on its own schedule; a target skipped with
+    an interpreter is one whose name another tool's entry holds (plan_apply)."""
+    failing = {e["target"] for e in report.errors}
+    watch = Watch(status=status)
+    for result in report.results:
+        name = result["name"]
+        if result["target"] in failing or result["interpreter"] is None:
+            continue
+        if result["action"] == "skipped":
+            watch.held.add(name)
+            continue
+        target = lookup(result["target"])
+        watch.entries[name] = Entry(name, result["interpreter"], result["flags"], 0, target.magic, target.mask)
+        if state.owns(watch.entries[name]):
+            watch.owned.add(name)
+    return watch
+
+
+@dataclass
+class Drift:
+    changes: list[str] = field(default_factory=list)  # what differs, in an operator's words
+    repair: bool = False  # an apply brings the kernel back to the desired state
+    reclaim: set[str] = field(default_factory=set)  # binfmtd's entries someone changed: put back
+    left: dict[str, str] = field(default_factory=dict)  # changed entries left as they are, and why
+
+
+def find_drift(table: Table, watch: Watch, path: str) -> Drift:
+    """The kernel against the desired state. No I/O but realpath(); it only adds to the
+    watch's cache of texts found as desired."""
+    drift = Drift()
+    if not table.mounted:
+        drift.changes.append(f"binfmt_misc was unmounted from {path}")
+        drift.repair = True
+        return drift
+    if table.status != watch.status:
+        drift.changes.append(f"binfmt_misc was {table.status or 'made unreadable'} as a whole")
+    kernel = dict(table.entries)
+    for name in sorted(watch.entries.keys() | watch.held):
+        text = kernel.get(name)
+        if text is None:
+            drift.changes.append(f"{name} was removed" + (" (it was another tool's)" if name in watch.held else ""))
+            drift.repair = True
+            continue
+        if name in watch.held or watch.verified.get(name) == text:
+            continue  # someone else's entry (what it contains is theirs to decide), or as desired
+        entry, want = parse_entry(name, text), watch.entries[name]
+        if entry.enabled and entry.same_registration(want):
+            watch.verified[name] = text
+            continue
+        what = "disabled" if entry.same_registration(want) else "changed"
+        if name in watch.owned:
+            # binfmtd registered it (its state records this very entry), and someone changed it:
+            # drift like any other, although the entry no longer matches the state's record
+            drift.changes.append(f"{name} was {what}")
+            drift.repair = True
+            drift.reclaim.add(name)
+        else:
+            drift.changes.append(f"{name} was {what}")
+            drift.left[name] = (f"another tool's entry, now {entry.interpreter}, flags {entry.flags or '-'}"
+                                f"{'' if entry.enabled else ', disabled'}: binfmtd found it registered as "
+                                "desired and never took it over, so changing it is that tool's right; "
+                                f"`binfmtd apply --force {name.removeprefix('qemu-')}` takes it over")
+    return drift
 
 
 # -- boot detection ------------------------------------------------------------------------------
@@ -214,6 +286,18 @@ def describe_config(config: Config) -> str:
     return config.path or "no config file (defaults)"
 
 
+def config_targets(config: Config) -> set[str]:
+    """The targets a config asks for (no list: all of them; the native ones are skipped)."""
+    return {t.name for t in commands.desired_targets((), False, config, native=())[0]}
+
+
+def table_problems(table: Table, path: str) -> set[tuple[int, str]]:
+    if table.mounted and table.status == "disabled":
+        return {(WARNING, (f"binfmt_misc is disabled as a whole on {path}, so no entry is used; "
+                           f"`echo 1 > {path}/status` turns it back on (apply does not)"))}
+    return set()
+
+
 # -- the loop -------------------------------------------------------------------------------------
 
 class Signals:
@@ -247,69 +331,113 @@ class Signals:
 
 
 class Daemon:
-    """The loop's state: the settings in force, the fingerprint after the last apply, the retry
-    schedule and what was last logged and told systemd."""
+    """The loop's state: the settings in force, the desired state the last apply established,
+    targets dropped from the config still to remove, the retry schedule and what was last
+    logged and told systemd."""
 
     def __init__(self, settings: Config, path: str, state_dir: str, log: Log, notify: Notifier,
                  environ=None):
         self.settings, self.path, self.state_dir, self.log, self.notify = settings, path, state_dir, log, notify
         self.watchdog = watchdog_period(environ if environ is not None else os.environ)
-        self.baseline = Table(False)
+        self.watch = Watch()
+        self.failed = False  # the last apply could not run at all: its retry re-reads everything
+        self.dropped: set[str] = set()  # targets a reload dropped from the config, to remove if binfmtd's
+        self.removal_errors: dict[str, str] = {}  # entry name -> why removing it failed
         self.retry_delay = 0.0
         self.retry_at: float | None = None
-        self.reported: set[tuple[int, str]] = set()  # the problems the last apply logged
+        self.reported: set[tuple[int, str]] = set()  # the problems and notes logged and still true
+        self.apply_problems: set[tuple[int, str]] = set()  # those the last apply found
         self.repairs = 0
         self.status = ""
         self.ready = False  # STATUS= goes out with READY=1 first
 
-    def apply(self, why: str) -> int | None:
-        """Apply the config in force and take the new fingerprint; an exit code if the host
-        cannot do it at all. Problems are logged when they appear, not on every retry."""
+    def apply(self, why: str, reclaim=()) -> int | None:
+        """Remove the dropped targets and apply the config in force, then take the desired state
+        from the result; an exit code if the host cannot do it at all. Problems are logged when
+        they appear, not on every retry. `reclaim`: binfmtd's entries someone changed."""
         started = time.monotonic()
         try:
             # a short lock wait: a long one would starve the watchdog pings
+            removed = self._remove_dropped()
             report = commands.apply(config=self.settings, binfmt_misc=self.path, state_dir=self.state_dir,
-                                    lock_timeout=LOCK_TIMEOUT)
+                                    lock_timeout=LOCK_TIMEOUT, reclaim=tuple(sorted(reclaim)))
         except HostUnsupported as exc:
             self.log(ERR, str(exc))
             return exc.exit_code
         except (BinfmtdError, OSError) as exc:  # lock held too long, state unwritable, ...: retry
-            self.baseline = read_table(self.path)
-            self._report({(ERR, str(exc))})
+            self.failed = True
+            self.apply_problems = {(ERR, str(exc))}
+            self._report(self.apply_problems)
             self._schedule_retry()
             self._set_status(f"apply failed, retry in {self.retry_delay:g}s: {exc}")
             return None
-        self.baseline = read_table(self.path)
+        self.failed = False
+        table = read_table(self.path)
+        self.watch = watch_from_report(report, self._state(), table.status)
         elapsed = (time.monotonic() - started) * 1000
         changed = [r for r in report.results if r["action"] not in ("unchanged", "skipped")]
         for r in changed:
             self.log(NOTICE, f"{r['name']} {r['action']} ({r['reason']})")
-        if report.changed:
+        if removed or report.changed:
             if why == "repair":
                 self.repairs += 1
-            self.log(NOTICE, f"{why}: {len(changed)} entr{'y' if len(changed) == 1 else 'ies'} "
-                             f"changed in {elapsed:.0f} ms" if changed else
-                             f"{why}: mounted binfmt_misc on {self.path} in {elapsed:.0f} ms")
+            count = removed + len(changed)
+            self.log(NOTICE, f"{why}: {count} entr{'y' if count == 1 else 'ies'} changed in {elapsed:.0f} ms"
+                             if count else f"{why}: mounted binfmt_misc on {self.path} in {elapsed:.0f} ms")
         elif why != "start":
             self.log(INFO, f"{why}: nothing to change")
+        failing = {e["target"] for e in report.errors}
         problems = {(WARNING, w) for w in report.warnings} | {(ERR, e["message"]) for e in report.errors}
-        if self.baseline.mounted and self.baseline.status == "disabled":
-            problems.add((WARNING, f"binfmt_misc is disabled as a whole on {self.path}, so no entry is used; "
-                                   f"`echo 1 > {self.path}/status` turns it back on (apply does not)"))
+        # what binfmtd leaves and why, once while it holds: native targets, no QEMU, others' entries
+        problems |= {(NOTICE if r["name"] in self.watch.held else INFO, f"{r['name']} skipped ({r['reason']})")
+                     for r in report.results if r["action"] == "skipped" and r["target"] not in failing}
+        problems |= {(ERR, f"no longer in the config, but not removed: {message}")
+                     for message in self.removal_errors.values()}
         textfile = self.settings.daemon_textfile
         if textfile:
             problems |= self._write_metrics(textfile)
-        self._report(problems)
+        self.apply_problems = problems
+        self._report(problems | table_problems(table, self.path))
         kept = [r["name"] for r in report.results if r["action"] in ("registered", "replaced", "unchanged")]
-        if report.errors:
+        if report.errors or self.dropped:
             self._schedule_retry()
-            self._set_status(f"keeping {len(kept)} entries; {len(report.errors)} failing, "
+            self._set_status(f"keeping {len(kept)} entries; {len(report.errors) + len(self.dropped)} failing, "
                              f"retry in {self.retry_delay:g}s (SIGHUP retries now)")
         else:
             self.retry_delay, self.retry_at = 0.0, None
             self._set_status(f"keeping {len(kept)} entries ({', '.join(kept) or 'none'})"
                              + (f"; {self.repairs} drifts repaired" if self.repairs else ""))
         return None
+
+    def _state(self) -> State:
+        """binfmtd's record of what it registered (just saved by the apply under the lock)."""
+        try:
+            return load_state(self.state_dir)
+        except BinfmtdError:  # the next apply reports it; meanwhile treat nothing as binfmtd's
+            return State()
+
+    def _remove_dropped(self) -> int:
+        """Remove the targets a reload dropped from the config, where binfmtd owns the entry
+        (a taken-over original is put back, as `binfmtd remove` does); others' entries stay,
+        and the log says so. A target that failed stays pending and is retried. Returns how
+        many entries were removed (logged here: the apply after it may still fail)."""
+        self.removal_errors = {}
+        if not self.dropped:
+            return 0
+        report = commands.remove(sorted(self.dropped), binfmt_misc=self.path, state_dir=self.state_dir,
+                                 lock_timeout=LOCK_TIMEOUT)
+        self.removal_errors = {e["target"]: e["message"] for e in report.errors}
+        self.dropped = set(self.removal_errors)
+        removed = 0
+        for r in report.results:
+            if r["target"] in self.dropped:
+                continue
+            if r["action"] == "removed":
+                removed += 1
+                self.log(NOTICE, f"{r['name']} removed (no longer in the config; {r['reason']})")
+            elif r["action"] == "skipped":
+                self.log(NOTICE, f"{r['name']} left in place: no longer in the config, but {r['reason']}")
+        return removed
 
     def _write_metrics(self, textfile: str) -> set[tuple[int, str]]:
         """The [daemon] textfile for node_exporter, rewritten after each apply; a problem if not."""
@@ -339,7 +467,8 @@ class Daemon:
                 self.notify(f"STATUS={status}")
 
     def reload(self, config_file: str | None) -> int | None:
-        """SIGHUP: a good config is applied at once; a broken one is logged and changes nothing."""
+        """SIGHUP: a good config is applied at once, and the targets it dropped are removed where
+        binfmtd owns them; a broken one is logged and changes nothing."""
         self.notify("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
         try:
             settings = load_settings(config_file)
@@ -348,6 +477,8 @@ class Daemon:
             self.status = f"{self.status}; last reload failed: {exc}"  # shown until the next change
             self.notify("READY=1", f"STATUS={self.status}")
             return None
+        wanted = config_targets(settings)
+        self.dropped = (self.dropped | config_targets(self.settings)) - wanted
         self.settings = settings
         self.log(INFO, f"reload: config {describe_config(settings)}, checking every {settings.daemon_interval:g}s")
         self.reported = set()
@@ -356,13 +487,27 @@ class Daemon:
         return code
 
     def tick(self) -> int | None:
-        """The idle path: one fingerprint read; an apply only if the table moved."""
+        """The idle path: read the table and compare it with the desired state; an apply only
+        if that finds something to repair. No probe, no subprocess, no state file."""
+        if self.failed:
+            return None  # the scheduled retry re-reads everything
         table = read_table(self.path)
-        if table == self.baseline:
+        drift = find_drift(table, self.watch, self.path)
+        if not drift.changes:
             self.mark_ready()
             return None
-        self.log(NOTICE, "drift: " + "; ".join(describe_drift(self.baseline, table, self.path)))
-        code = self.apply("repair")
+        self.log(NOTICE, "drift: " + "; ".join(drift.changes))
+        for name, why in drift.left.items():
+            self.log(NOTICE, f"{name} left as it is: {why}")
+            del self.watch.entries[name]  # from now on another tool's: binfmtd registers it once it is gone
+            self.watch.verified.pop(name, None)
+            self.watch.held.add(name)
+        code = None
+        if drift.repair:
+            code = self.apply("repair", drift.reclaim)
+        else:  # nothing to repair: the admin's switch, or others' changes to their own entries
+            self.watch.status = table.status
+            self._report(self.apply_problems | table_problems(table, self.path))
         self.mark_ready()
         return code
 
@@ -371,8 +516,8 @@ class Daemon:
         probes that cannot speak sd_notify (a Kubernetes DaemonSet's); stale means not keeping up."""
         if self.retry_at is not None:
             return
-        try:  # rewritten, not touched: utime would follow a link planted at that name
-            write_record(self.state_dir, READY_FILE, "")
+        try:
+            touch_record(self.state_dir, READY_FILE)
         except OSError:
             pass
 

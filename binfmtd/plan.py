@@ -20,6 +20,9 @@ class Desired:
     flags: str = "POCF"
     explicit: bool = False  # targets named by the user: a missing interpreter is then an error
     force: bool = False
+    # entry names the caller knows were binfmtd's until someone changed them (the daemon saw its
+    # own entry a tick ago): replaced like binfmtd's own, although the state's record differs
+    reclaim: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -99,7 +102,7 @@ def _plan_target(target: Target, flags: str, desired: Desired, host: Host,
     if current is None:
         base.action, base.reason = REGISTERED, "not registered"
         return base
-    ours = state.owns(current)
+    ours = state.owns(current) or name in desired.reclaim
     if current.same_registration(new) and current.enabled:
         base.new = None
         base.reason = "registered by binfmtd, as desired" if ours else "already registered as desired (by another tool)"

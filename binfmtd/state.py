@@ -146,6 +146,15 @@ def write_record(state_dir: str, name: str, text: str) -> None:
     write_atomic(os.path.join(state_dir, name), text)
 
 
+def touch_record(state_dir: str, name: str) -> None:
+    """Set a file's time to now (a heartbeat), creating it when missing; a link planted at the
+    name is touched itself, never followed (utimensat with AT_SYMLINK_NOFOLLOW)."""
+    try:
+        os.utime(os.path.join(state_dir, name), follow_symlinks=False)
+    except FileNotFoundError:
+        write_record(state_dir, name, "")
+
+
 # -- what binfmtd owns ---------------------------------------------------------------------------
 
 @dataclass
