@@ -32,7 +32,7 @@ SCHEMA = {
     # an empty list would search nowhere; leaving the key out means the default directories
     ("", "interpreter_dirs"): (lambda v: _strings(v) and bool(v) and all(d.startswith("/") for d in v),
                                "a non-empty list of absolute directory paths (leave the key out for the "
-                               "default /usr/bin, /usr/local/bin)"),
+                               "default directories)"),
     ("daemon", "interval"): (_seconds(0.1, 3600), "seconds between drift checks, 0.1 to 3600"),
     ("daemon", "textfile"): (lambda v: isinstance(v, str) and v.startswith("/"),
                              "an absolute path for Prometheus' textfile collector"),
