@@ -98,7 +98,7 @@ def read_config_text(path: str, named: bool = True) -> str | None:
     finally:
         os.close(fd)
     if len(data) > MAX_CONFIG_BYTES:
-        raise UsageError(f"config file {path} is larger than {MAX_CONFIG_BYTES // 1024} KiB; {fix}")
+        raise UsageError(f"config file {path} is larger than {MAX_CONFIG_BYTES >> 20} MiB; {fix}")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

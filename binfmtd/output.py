@@ -21,13 +21,16 @@ def say(kind: str, message: str) -> None:
 
 def wants_json(argv: list[str]) -> bool:
     """Whether a command line asks for JSON, read without parsing it, so that even a command line
-    the parser rejects is answered with one JSON object. `sandbox`'s words are its COMMAND's."""
-    if next((arg for arg in argv if not arg.startswith("-")), None) == "sandbox":
+    the parser rejects is answered with one JSON object. `sandbox`'s words are its COMMAND's;
+    `--format json` means JSON for `status` only (export's --format names a file format)."""
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    if command == "sandbox":
         return False
     for i, arg in enumerate(argv):
         if arg == "--":
             return False
-        if arg in ("--json", "--format=json") or (arg == "--format" and argv[i + 1:i + 2] == ["json"]):
+        if arg == "--json" or command == "status" and (
+                arg == "--format=json" or arg == "--format" and argv[i + 1:i + 2] == ["json"]):
             return True
     return False
 

@@ -160,7 +160,7 @@ BAD_INVOCATIONS = [
     "apply aarch64 --all --json --force=yes", "apply --json --config {work}/missing.toml",
     "remove --json", "remove --bogus --json", "remove aarch64 --all --json", "remove --check arm65 --json",
     "status --json --format xml", "status --json --format prometheus", "status --format=prometheus --json",
-    "status --bogus --json",
+    "status --bogus --json", "status --format json --bogus",
     "check --bogus --json", "check arm65 --json",
     "targets extra --json", "targets --bogus --json",
     "verify --engine bogus --json", "verify --timeout nan --json", "verify --timeout inf --json",
@@ -184,6 +184,17 @@ def test_every_bad_invocation_with_json_prints_exactly_one_error_object_and_exit
         assert report == {"ok": False, "changed": False, "check": "--check" in args, "results": [],
                           "errors": [{"target": None, "message": message}], "warnings": report["warnings"]}, args
     assert registered(listing.out) == set() and not (ns.workdir / "out").exists()
+
+
+@pytest.mark.parametrize("argv, wanted", [
+    ("apply --bogus --json", True), ("--json apply", True), ("verify --engine sandbox --json", True),
+    ("status --format json --bogus", True), ("status --format=json --bogus", True),
+    ("export --format=json --bogus", False), ("apply -- --json", False), ("sandbox -- binfmtd status --json", False),
+])
+def test_a_request_for_json_is_seen_before_the_command_line_is_parsed(argv, wanted):
+    from binfmtd.output import wants_json
+
+    assert wants_json(argv.split()) is wanted
 
 
 @pytest.mark.parametrize("boot, full", [

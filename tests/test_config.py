@@ -30,7 +30,7 @@ def broken_configs(tmp_path):
     (tmp_path / "dir.toml").mkdir()
     return {
         "binary": (tmp_path / "binary.toml", f"{tmp_path / 'binary.toml'}:2: not UTF-8 text (byte 0xe9"),
-        "huge": (tmp_path / "huge.toml", "is larger than 1024 KiB"),
+        "huge": (tmp_path / "huge.toml", "is larger than 1 MiB"),
         "nested": (tmp_path / "nested.toml", "nested too deeply"),
         "fifo": (tmp_path / "fifo.toml", f"config file {tmp_path / 'fifo.toml'} is not a regular file (a FIFO)"),
         "device": ("/dev/zero", "config file /dev/zero is not a regular file (a character device)"),
