@@ -5,7 +5,6 @@ And the two values that used to fall back silently: `flags = ""` and `interprete
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 
