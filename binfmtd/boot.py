@@ -44,4 +44,4 @@ def run_apply(options: dict) -> int:
 
     as_json = options.pop("as_json")
     names = options.pop("names")
-    return finish_change(lambda: commands.apply(names, **options), as_json)
+    return finish_change(lambda: commands.apply(names, **options), as_json, options["check"])

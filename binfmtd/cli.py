@@ -4,13 +4,15 @@ error types into exit codes. `apply` and `daemon` usually arrive through binfmtd
 
 from __future__ import annotations
 
+import math
+import sys
 from typing import List, Optional
 
 import typer
 
 from binfmtd import __version__, commands
-from binfmtd.errors import EXIT_FAILED, EXIT_OK, BinfmtdError
-from binfmtd.output import finish, finish_change, say, table
+from binfmtd.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, BinfmtdError
+from binfmtd.output import fail, finish, finish_change, say, table, wants_json
 
 app = typer.Typer(add_completion=True, no_args_is_help=True, rich_markup_mode=None,
                   pretty_exceptions_enable=False,
@@ -26,6 +28,10 @@ def _exit(code: int) -> None:
     raise typer.Exit(code)
 
 
+def _usage(message: str, as_json: bool) -> None:
+    _exit(fail(message, EXIT_USAGE, as_json))
+
+
 @app.command()
 def apply(targets: Optional[List[str]] = TargetsArg,
           all_targets: bool = typer.Option(False, "--all", help="Every known target (native ones are skipped)."),
@@ -34,7 +40,8 @@ def apply(targets: Optional[List[str]] = TargetsArg,
           check: bool = typer.Option(False, "--check", help="Show the plan, change nothing."),
           as_json: bool = JsonOpt, config: Optional[str] = ConfigOpt) -> None:
     """Register the entries (idempotent). With no TARGET: the config's targets, else every non-native one."""
-    _exit(finish_change(lambda: commands.apply(targets or (), all_targets, flags, force, check, config), as_json))
+    _exit(finish_change(lambda: commands.apply(targets or (), all_targets, flags, force, check, config), as_json,
+                        check))
 
 
 @app.command()
@@ -44,7 +51,7 @@ def remove(targets: Optional[List[str]] = TargetsArg,
            check: bool = typer.Option(False, "--check", help="Show the plan, change nothing."),
            as_json: bool = JsonOpt) -> None:
     """Remove binfmtd's entries (others' only with --force); entries it took over are put back."""
-    _exit(finish_change(lambda: commands.remove(targets or (), all_targets, force, check), as_json))
+    _exit(finish_change(lambda: commands.remove(targets or (), all_targets, force, check), as_json, check))
 
 
 @app.command()
@@ -52,13 +59,14 @@ def status(as_json: bool = JsonOpt,
            fmt: str = typer.Option("text", "--format", metavar="text|json|prometheus",
                                    help="Output format (--json is --format json).")) -> None:
     """Show binfmt_misc and every registered entry, with its target and owner."""
+    if fmt not in ("text", "json", "prometheus"):
+        _usage(f"--format {fmt!r}: expected text, json or prometheus", as_json)
     if fmt == "prometheus":
+        if as_json:  # --json is --format json: two formats for one stdout
+            _usage("--json and --format prometheus both given; pass one of them", True)
         from binfmtd.metrics import prometheus_text
 
         _exit(finish(prometheus_text, False, lambda text: print(text, end="")))
-    if fmt not in ("text", "json"):
-        say("error", f"--format {fmt!r}: expected text, json or prometheus")
-        _exit(2)
     as_json = as_json or fmt == "json"
     def render(result: dict) -> None:
         from binfmtd.entry import printable
@@ -119,8 +127,9 @@ def verify_cmd(targets: Optional[List[str]] = TargetsArg,
     from binfmtd.verify import verify
 
     if engine is not None and engine not in ("auto", "sandbox", "docker", "podman", "nerdctl"):
-        say("error", f"--engine {engine!r}: expected auto, sandbox, docker, podman or nerdctl")
-        _exit(2)
+        _usage(f"--engine {engine!r}: expected auto, sandbox, docker, podman or nerdctl", as_json)
+    if timeout is not None and not (math.isfinite(timeout) and 1 <= timeout <= 600):
+        _usage(f"--timeout {timeout:g}: expected seconds per probe, 1 to 600", as_json)
 
     def produce():
         from binfmtd.metrics import record_verify
@@ -192,5 +201,27 @@ def _main(version: bool = typer.Option(False, "--version", callback=_version, is
     pass
 
 
+def _parser_errors() -> tuple[type, type]:
+    """click's UsageError and ClickException as this typer raises them (its own copy of click in
+    recent versions, click itself before), found through the public typer.BadParameter."""
+    bases = {cls.__name__: cls for cls in typer.BadParameter.__mro__}
+    return bases["UsageError"], bases["ClickException"]
+
+
 def main() -> None:
-    app(prog_name="binfmtd")
+    """Run the CLI. A command line the parser rejects (before any command runs) is answered like
+    every usage error: one line on stderr, the error object with --json, exit 2."""
+    argv = sys.argv[1:]
+    usage_error, click_error = _parser_errors()
+    try:
+        code = app(args=argv, prog_name="binfmtd", standalone_mode=False)
+    except usage_error as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `binfmtd` alone: the help, as always
+            exc.show()
+            code = exc.exit_code
+        else:
+            where = f"; `{exc.ctx.command_path} --help` shows the usage" if exc.ctx else ""
+            code = fail(" ".join(exc.format_message().split()).rstrip(".") + where, EXIT_USAGE, wants_json(argv))
+    except click_error as exc:
+        code = fail(" ".join(exc.format_message().split()), exc.exit_code, wants_json(argv))
+    sys.exit(code or 0)

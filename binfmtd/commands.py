@@ -37,7 +37,7 @@ class ChangeReport:
 
     def to_json(self) -> dict:
         return {"ok": self.ok, "changed": self.changed, "check": self.check,
-                "results": self.results, "errors": self.errors}
+                "results": self.results, "errors": self.errors, "warnings": self.warnings}
 
 
 def resolve_targets(names: list[str] | tuple[str, ...]) -> tuple[Target, ...]:
@@ -56,10 +56,27 @@ def resolve_targets(names: list[str] | tuple[str, ...]) -> tuple[Target, ...]:
     return tuple(t for t in TARGETS if t.name in chosen)
 
 
+def refuse_targets_with_all(names, all_targets: bool) -> None:
+    if names and all_targets:
+        raise UsageError(f"both targets ({' '.join(names)}) and --all given; name the targets or pass --all, "
+                         "not both")
+
+
+def chosen_flags(flags: str | None, config: Config | None) -> tuple[str, bool]:
+    """The flags to register and whether the operator chose them: --flags, else the config's
+    `flags` ("" meaning none, as `--flags ''`), else the default."""
+    if flags is not None:
+        return flags, True
+    if config and config.flags is not None:
+        return config.flags, True
+    return DEFAULT_FLAGS, False
+
+
 def desired_targets(names, all_targets: bool, config: Config | None,
                     native: tuple[str, ...]) -> tuple[tuple[Target, ...], bool]:
     """Which targets a command is about, and whether the user named them: arguments, else
     `--all`, else the config's targets, else every target this host cannot run natively."""
+    refuse_targets_with_all(names, all_targets)
     if names:
         return resolve_targets(names), True
     if all_targets:
@@ -98,8 +115,9 @@ def apply(names=(), all_targets=False, flags: str | None = None, force=False, ch
           config: Config | None = None, lock_timeout: float = 60.0, reclaim=()) -> ChangeReport:
     """`config` is a config already loaded (the daemon's, checked once); else `config_file`'s.
     `reclaim`: entry names to put back although they differ from the state's record (plan.Desired)."""
+    refuse_targets_with_all(names, all_targets)
     config = config or load_config(config_file)
-    flags = flags if flags is not None else (config and config.flags) or DEFAULT_FLAGS
+    flags, flags_chosen = chosen_flags(flags, config)
     if problem := flags_problem(flags):
         raise UsageError(f"--flags: {problem}")
     dirs = (config and config.interpreter_dirs) or DEFAULT_INTERPRETER_DIRS
@@ -109,7 +127,7 @@ def apply(names=(), all_targets=False, flags: str | None = None, force=False, ch
 
     def plan_now(host: facts.Host, state: State) -> Plan:
         targets, explicit = desired_targets(names, all_targets, config, host.native)
-        desired = Desired(targets, normalize_flags(flags), explicit, force, frozenset(reclaim))
+        desired = Desired(targets, normalize_flags(flags), explicit, force, frozenset(reclaim), flags_chosen)
         return plan_apply(desired, host, _read_interpreters(targets, host.native, dirs), state)
 
     if check:
@@ -153,7 +171,7 @@ def desired_entries(names=(), all_targets=False, flags: str | None = None,
     """The entries `apply` would register on a host with an empty table (for export), and why
     each other target is left out."""
     config = load_config(config_file)
-    flags = flags if flags is not None else (config and config.flags) or DEFAULT_FLAGS
+    flags, _ = chosen_flags(flags, config)
     if problem := flags_problem(flags):
         raise UsageError(f"--flags: {problem}")
     dirs = (config and config.interpreter_dirs) or DEFAULT_INTERPRETER_DIRS
@@ -174,6 +192,7 @@ def remove(names=(), all_targets=False, force=False, check=False, config_file: s
            binfmt_misc: str | None = None, state_dir: str | None = None, lock_timeout: float = 60.0) -> ChangeReport:
     if not names and not all_targets:
         raise UsageError("name the targets to remove, or pass --all")
+    refuse_targets_with_all(names, all_targets)
     path, state_dir = _paths(binfmt_misc, state_dir)
     targets = resolve_targets(names) if names else TARGETS
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass
 
 from binfmtd.errors import UsageError
 
 DEFAULT_CONFIG = "/etc/binfmtd/binfmtd.toml"
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few lines; more is a wrong path (a log, a device), not a config
 ENGINES = ("auto", "sandbox", "docker", "podman", "nerdctl")
 
 
@@ -24,10 +26,13 @@ def _seconds(low: float, high: float):
 # (table, key) -> (check, what is allowed); table "" is the top level.
 SCHEMA = {
     ("", "targets"): (lambda v: v == "all" or _strings(v), 'a list of targets or platforms, or "all"'),
+    # flags = "" means no flags at all, as `--flags ''` does (leave the key out for the default POCF)
     ("", "flags"): (lambda v: isinstance(v, str) and not set(v.upper()) - set("POCF"),
-                    'a string of binfmt_misc flags from P, O, C, F, e.g. "POCF"'),
-    ("", "interpreter_dirs"): (lambda v: _strings(v) and all(d.startswith("/") for d in v),
-                               "a list of absolute directory paths"),
+                    'a string of binfmt_misc flags from P, O, C, F, e.g. "POCF", or "" for none'),
+    # an empty list would search nowhere; leaving the key out means the default directories
+    ("", "interpreter_dirs"): (lambda v: _strings(v) and bool(v) and all(d.startswith("/") for d in v),
+                               "a non-empty list of absolute directory paths (leave the key out for the "
+                               "default directories)"),
     ("daemon", "interval"): (_seconds(0.1, 3600), "seconds between drift checks, 0.1 to 3600"),
     ("daemon", "textfile"): (lambda v: isinstance(v, str) and v.startswith("/"),
                              "an absolute path for Prometheus' textfile collector"),
@@ -60,16 +65,52 @@ def config_path(explicit: str | None) -> tuple[str, bool]:
 
 def load_config(explicit: str | None = None) -> Config | None:
     path, named = config_path(explicit)
+    text = read_config_text(path, named)
+    return None if text is None else parse_config(text, path)
+
+
+def read_config_text(path: str, named: bool = True) -> str | None:
+    """The config's text; None if an unnamed default is absent. Only a regular file is read (a
+    FIFO would hang, a device never end), at most MAX_CONFIG_BYTES, and it must be UTF-8 (TOML is).
+    Symlinks are followed: /etc files and Kubernetes ConfigMap mounts are often links."""
+    fix = "point --config/BINFMTD_CONFIG at a TOML file"
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        # stat before open: opening some devices does something (a watchdog, a tape); the fstat
+        # below is what counts, as the name may change in between.
+        if not stat.S_ISREG(mode := os.stat(path).st_mode):
+            raise UsageError(f"config file {path} is not a regular file ({_kind(mode)}); {fix}")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except FileNotFoundError:
         if named:
             raise UsageError(f"config file {path} does not exist; create it or leave out --config/BINFMTD_CONFIG") from None
         return None
     except OSError as exc:
-        raise UsageError(f"config file {path} cannot be read ({exc.strerror})") from None
-    return parse_config(text, path)
+        raise UsageError(f"config file {path} cannot be read ({exc.strerror}); {fix}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise UsageError(f"config file {path} is not a regular file ({_kind(mode)}); {fix}")
+        data = b""
+        while len(data) <= MAX_CONFIG_BYTES and (chunk := os.read(fd, MAX_CONFIG_BYTES + 1 - len(data))):
+            data += chunk
+    except OSError as exc:
+        raise UsageError(f"config file {path} cannot be read ({exc.strerror}); {fix}") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise UsageError(f"config file {path} is larger than {MAX_CONFIG_BYTES >> 20} MiB; {fix}")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise UsageError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+                         "TOML files are UTF-8: save it as UTF-8 or remove the byte") from None
+
+
+def _kind(mode: int) -> str:
+    return ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else
+            "a character device" if stat.S_ISCHR(mode) else "a block device" if stat.S_ISBLK(mode) else
+            "a socket" if stat.S_ISSOCK(mode) else "not a file")
 
 
 def parse_config(text: str, path: str = "<config>") -> Config:
@@ -79,6 +120,8 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{path}: invalid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses per nesting level of arrays and inline tables
+        raise UsageError(f"{path}: invalid TOML: arrays or tables nested too deeply") from None
     values: dict[str, object] = {}
     for table, key, value in _items(data):
         where = f"{path}:{_line_of(text, table, key)}: {table + '.' if table else ''}{key}"

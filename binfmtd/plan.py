@@ -23,6 +23,7 @@ class Desired:
     # entry names the caller knows were binfmtd's until someone changed them (the daemon saw its
     # own entry a tick ago): replaced like binfmtd's own, although the state's record differs
     reclaim: frozenset[str] = frozenset()
+    flags_chosen: bool = False  # flags from --flags or the config, not the default
 
 
 @dataclass
@@ -68,7 +69,12 @@ def plan_apply(desired: Desired, host: Host, interpreters: dict[str, Interpreter
     for target in desired.targets:
         plan.actions.append(_plan_target(target, flags, desired, host,
                                          interpreters.get(target.qemu, Interpreter(None)), state))
-    plan.warnings += _flag_warnings(flags, host, any(a.changes for a in plan.actions))
+    # The default's C is a surprise worth one warning when binfmtd first registers an entry with
+    # it; the operator who chose the flags, and every later run, need not read it again.
+    first_default = not desired.flags_chosen and any(
+        a.action == REGISTERED and a.target.entry_name not in state.entries for a in plan.actions)
+    plan.warnings += _flag_warnings(flags, host, any(a.changes for a in plan.actions), first_default)
+    plan.warnings += _table_warnings(host)
     for action in plan.actions:
         if action.action == SKIPPED and action.target.name in host.native:
             continue
@@ -134,11 +140,11 @@ def _differences(current: Entry, new: Entry) -> list[str]:
     return diffs or ["interpreter"]
 
 
-def _flag_warnings(flags: str, host: Host, changing: bool) -> list[str]:
+def _flag_warnings(flags: str, host: Host, changing: bool, first_default: bool) -> list[str]:
     warnings = []
-    if "F" not in flags:
+    if changing and "F" not in flags:
         warnings.append("flags lack F: containers and chroots without QEMU inside cannot run foreign binaries")
-    if changing and "C" in flags:
+    if first_default and "C" in flags:
         warnings.append("flag C: setuid foreign binaries run with their owner's rights (root for setuid-root "
                         "ones); pass --flags POF to turn that off")
     if "P" in flags and not host.kernel.tells_qemu_about_p:
@@ -148,6 +154,14 @@ def _flag_warnings(flags: str, host: Host, changing: bool) -> list[str]:
         warnings.append("this process is in a user namespace: the binfmt_misc table here is private to it "
                         "(Linux 6.7+), registrations do not reach the host")
     return warnings
+
+
+def _table_warnings(host: Host) -> list[str]:
+    table = host.binfmt_misc
+    if table.mounted and not table.enabled:
+        return [f"binfmt_misc is disabled as a whole on {table.path}: the kernel uses no entry, binfmtd's "
+                f"included; `echo 1 > {table.path}/status` turns it back on"]
+    return []
 
 
 def plan_remove(targets: tuple[Target, ...], host: Host, state: State, force: bool,

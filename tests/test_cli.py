@@ -148,6 +148,103 @@ for what, entry in cases.items():
 def test_json_is_exactly_one_object_on_stdout(ns, command):
     step = ns.one(f"{BINFMTD} {command}")
     assert isinstance(json.loads(step.out), dict), step.err
+    assert isinstance(json.loads(step.out)["warnings"], list)
+
+
+ERROR_KEYS = {"ok", "changed", "check", "results", "errors", "warnings"}
+# Bad invocations of every command with --json: rejected by the parser (before binfmtd's code
+# runs), by the command's own checks, or by the commands library; by the boot path or by typer.
+BAD_INVOCATIONS = [
+    "apply --bogus --json", "apply --json --flags", "apply aarch64 --flags PX --json",
+    "apply arm65 --json", "apply aarch64 --all --json", "apply --check aarch64 --all --json",
+    "apply aarch64 --all --json --force=yes", "apply --json --config {work}/missing.toml",
+    "remove --json", "remove --bogus --json", "remove aarch64 --all --json", "remove --check arm65 --json",
+    "status --json --format xml", "status --json --format prometheus", "status --format=prometheus --json",
+    "status --bogus --json", "status --format json --bogus",
+    "check --bogus --json", "check arm65 --json",
+    "targets extra --json", "targets --bogus --json",
+    "verify --engine bogus --json", "verify --timeout nan --json", "verify --timeout inf --json",
+    "verify --timeout -1 --json", "verify --timeout 1e9 --json", "verify --timeout 0 --json",
+    "verify --timeout soon --json", "verify arm65 --json", "verify aarch64 --all --json",
+    "export --json", "export --format binfmt.d --json", "export --format bogus --dest {work}/out --json",
+    "export --format binfmt.d --dest {work}/out aarch64 --all --json",
+    "daemon --json", "bogus --json", "--json", "--json apply",
+]
+
+
+def test_every_bad_invocation_with_json_prints_exactly_one_error_object_and_exits_2(ns):
+    commands = [f"{BINFMTD} {args.format(work=ns.workdir)}" for args in BAD_INVOCATIONS]
+    *steps, listing = ns.run(*commands, LIST)
+    for args, step in zip(BAD_INVOCATIONS, steps):
+        assert step.rc == 2, (args, step.rc, step.err)
+        message = only_line(step.err).removeprefix("binfmtd: error: ")
+        assert step.out.count("\n") == 1 and step.out.endswith("}\n"), (args, step.out)  # one line of JSON
+        report = json.loads(step.out)  # and nothing else: json.loads refuses trailing text
+        assert set(report) == ERROR_KEYS, (args, report)
+        assert report == {"ok": False, "changed": False, "check": "--check" in args, "results": [],
+                          "errors": [{"target": None, "message": message}], "warnings": report["warnings"]}, args
+    assert registered(listing.out) == set() and not (ns.workdir / "out").exists()
+
+
+@pytest.mark.parametrize("argv, wanted", [
+    ("apply --bogus --json", True), ("--json apply", True), ("verify --engine sandbox --json", True),
+    ("status --format json --bogus", True), ("status --format=json --bogus", True),
+    ("export --format=json --bogus", False), ("apply -- --json", False), ("sandbox -- binfmtd status --json", False),
+])
+def test_a_request_for_json_is_seen_before_the_command_line_is_parsed(argv, wanted):
+    from binfmtd.output import wants_json
+
+    assert wants_json(argv.split()) is wanted
+
+
+@pytest.mark.parametrize("boot, full", [
+    ("apply arm65 --json", "apply arm65 --json --config={none}"),
+    ("apply aarch64 --all --check --json", "apply aarch64 --all --check --json --config={none}"),
+    ("apply aarch64 --flags PX --json", "apply aarch64 --flags=PX --json"),
+    ("apply --json --config {work}/missing.toml", "apply --json --config={work}/missing.toml"),
+])
+def test_boot_path_gives_the_same_error_object_as_the_full_cli(ns, boot, full):
+    paths = {"work": ns.workdir, "none": ns.workdir / "none.toml"}
+    by_boot, by_typer, imports = ns.run(f"{BINFMTD} {boot.format(**paths)}", f"{BINFMTD} {full.format(**paths)}",
+                                        f"{sys.executable} -X importtime -m binfmtd {boot.format(**paths)}")
+    assert by_boot.rc == by_typer.rc == 2 and by_boot.out == by_typer.out and by_boot.err == by_typer.err
+    assert json.loads(by_boot.out)["errors"][0]["target"] is None
+    assert " typer" not in imports.err  # the boot path answered it
+
+
+def test_usage_errors_without_json_are_one_line_and_name_the_help(ns):
+    unknown, missing = ns.run(f"{BINFMTD} apply --bogus", f"{BINFMTD} export --dest /tmp")
+    assert unknown.rc == 2 and unknown.out == ""
+    assert only_line(unknown.err) == "binfmtd: error: No such option: --bogus; `binfmtd apply --help` shows the usage"
+    assert missing.rc == 2 and "Missing option '--format'" in only_line(missing.err)
+
+
+def test_apply_on_a_table_switched_off_as_a_whole_says_so_and_leaves_the_switch(ns):
+    qemu("aarch64")
+    _, text, as_json, switch = ns.run(f"echo 0 > {BINFMT_MISC}/status", f"{BINFMTD} apply aarch64",
+                                      f"{BINFMTD} apply aarch64 --json", f"cat {BINFMT_MISC}/status")
+    words = f"binfmt_misc is disabled as a whole on {BINFMT_MISC}"
+    assert text.rc == 0 and f"binfmtd: warning: {words}" in text.err
+    report = as_json.json()
+    assert as_json.rc == 0 and report["ok"] and any(w.startswith(words) for w in report["warnings"])
+    said = [line.removeprefix("binfmtd: warning: ") for line in as_json.err.splitlines()]
+    assert report["warnings"] == said  # JSON carries exactly the warnings stderr shows
+    assert switch.out.strip() == "disabled"  # the admin's switch is reported, not overridden
+
+
+def test_c_flag_warning_comes_with_the_default_flags_first_registration_only(ns, tmp_path):
+    for target in ("aarch64", "riscv64", "s390x"):
+        qemu(target)
+    (tmp_path / "c.toml").write_text('flags = "POCF"\n')
+    first, again, _, repaired, chosen, configured, listing = ns.run(
+        f"{BINFMTD} apply aarch64", f"{BINFMTD} apply aarch64", f"echo 0 > {BINFMT_MISC}/qemu-aarch64",
+        f"{BINFMTD} apply aarch64", f"{BINFMTD} apply riscv64 --flags POCF",
+        f"{BINFMTD} apply s390x --config {tmp_path / 'c.toml'}", LIST)
+    assert first.rc == 0 and "flag C" in first.err
+    assert "replaced" in repaired.out  # a change, but not a first registration
+    for step in (again, repaired, chosen, configured):
+        assert step.rc == 0 and "flag C" not in step.err, step.command
+    assert registered(listing.out) == {"qemu-aarch64", "qemu-riscv64", "qemu-s390x"}
 
 
 def test_boot_path_and_full_cli_print_the_same_and_boot_skips_typer(ns, tmp_path):

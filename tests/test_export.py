@@ -127,7 +127,7 @@ def test_json_is_one_object_and_text_lists_the_paths(ns, tmp_path):
     assert as_json.rc == 0, as_json.err
     report = json.loads(as_json.out)  # exactly one JSON document, nothing else on stdout
     assert report == {
-        "format": "binfmt.d", "dest": str(dest), "skipped": [],
+        "format": "binfmt.d", "dest": str(dest), "skipped": [], "warnings": [],
         "files": [{"target": "aarch64", "platform": "linux/arm64", "name": "qemu-aarch64",
                    "path": str(dest / "qemu-aarch64.conf")},
                   {"target": "riscv64", "platform": "linux/riscv64", "name": "qemu-riscv64",

@@ -282,9 +282,11 @@ def run_binfmtd(module, argv, result):
                          rc=rc, cmd=argv, stdout=out, stderr=err, **result)
     if not isinstance(report, dict):
         module.fail_json(msg="%s printed unexpected JSON" % command, rc=rc, cmd=argv, stdout=out, **result)
-    if "error" in report:  # the command as a whole failed (exit 1, 2 or 3): binfmtd's one-line message
+    # The command as a whole failed (exit 1, 2 or 3): an error without a target (older binfmtd: "error").
+    whole = [e["message"] for e in report.get("errors", []) if not e.get("target")]
+    if whole or "error" in report:
         meaning = EXIT_MEANING.get(rc, "failed")
-        module.fail_json(msg="%s: %s (exit %d: %s)" % (command, report["error"], rc, meaning),
+        module.fail_json(msg="%s: %s (exit %d: %s)" % (command, "; ".join(whole) or report["error"], rc, meaning),
                          rc=rc, cmd=argv, stderr=err, **result)
     if rc not in (0, 1):
         module.fail_json(msg="%s exited with %d: %s" % (command, rc, "; ".join(errors) or err.strip()),
