@@ -8,7 +8,8 @@ import stat
 import struct
 from dataclasses import dataclass
 
-DEFAULT_INTERPRETER_DIRS = ("/usr/bin", "/usr/local/bin", "/usr/libexec/qemu-binfmt")
+# The last one is where binfmtd's container image keeps its emulators (binfmtd/image.py); no host has it.
+DEFAULT_INTERPRETER_DIRS = ("/usr/bin", "/usr/local/bin", "/usr/libexec/qemu-binfmt", "/usr/libexec/binfmtd-image")
 PT_INTERP = 3
 
 

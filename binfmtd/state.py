@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from binfmtd.entry import Entry, parse_register_line
 from binfmtd.errors import BinfmtdError
+from binfmtd.image import registered_by_image
 
 DEFAULT_STATE_DIR = "/var/lib/binfmtd"
 STATE_FILE = "state.json"
@@ -36,6 +37,8 @@ class State:
     last_apply: float | None = None  # when an apply last ran to completion (for metrics)
 
     def owns(self, entry: Entry) -> bool:
+        if registered_by_image(entry.interpreter):  # binfmtd's image, run without this state
+            return True
         owned = self.entries.get(entry.name)
         return owned is not None and parse_register_line(owned.line).same_registration(entry)
 
