@@ -271,6 +271,8 @@ def docker(image, podman_env, tmp_path_factory):  # noqa: F811 (fixture from tes
     env = {**podman_env, "CONTAINERS_REGISTRIES_CONF": str(work / "registries.conf"),
            "DOCKER_HOST": f"unix://{work}/podman.sock", "DOCKER_CONFIG": str(work / "docker-config")}
     reference = f"127.0.0.1:{port}/binfmtd:test"
+    (work / "docker-config").mkdir()
+    (work / "docker-config" / "config.json").write_text("{}\n")  # docker's and podman's auth file: none
     registry = subprocess.Popen(["docker-registry", "serve", str(work / "registry.yml")], env=env,
                                 stdout=subprocess.DEVNULL, stderr=open(work / "registry.log", "w"))
     service = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{work}/podman.sock"], env=env,
