@@ -157,9 +157,10 @@ def probe(run: Run, targets: tuple[Target, ...]) -> dict[str, dict]:
     return run.verified
 
 
-def install(run: Run, targets: tuple[Target, ...] | None, flags: str, say) -> None:
+def install(run: Run, targets: tuple[Target, ...] | None, flags: str, say, replace_hint) -> None:
     """Register `targets` (None: every target) as binfmtd's apply does, then probe each one;
-    `say(target, ok, detail)` reports each in the caller's language."""
+    `say(target, ok, detail)` reports each in the caller's language, and `replace_hint(target)`
+    says in it how to replace another tool's entry that does not work."""
     from binfmtd import commands
 
     names = [t.name for t in targets] if targets is not None else []
@@ -195,7 +196,7 @@ def install(run: Run, targets: tuple[Target, ...] | None, flags: str, say) -> No
             run.failed = True
             detail = f"{result['cause']}; fix: {result['fix']}"
             if target.name in kept:
-                detail = f"{kept[target.name]}, and it does not work: {detail}"
+                detail = f"{kept[target.name]}, and it does not work ({result['cause']}); fix: {replace_hint(target)}"
             say(target, False, detail)
 
 
@@ -315,7 +316,8 @@ def run_tonistiigi(argv: list[str]) -> int:
             word = {True: "OK", False: "failed:", None: "skipped:"}[ok]
             log(f"installing: {display_name(target)} {word}{' ' + detail if detail else ''}".rstrip())
 
-        install(run, targets, flags, say)
+        install(run, targets, flags, say, lambda target: f"replace it: --uninstall {target.entry_name} "
+                f"--install {display_name(target)} (setup-qemu-action: reset: true)")
     print(json.dumps(status(run), indent=2))
     return EXIT_FAILED if run.failed else EXIT_OK
 
@@ -377,7 +379,7 @@ def run_multiarch(argv: list[str]) -> int:
                 detail = detail.split("; fix:")[0] + "; fix: run with -p yes"
             log(f"Setting {target.entry_name} as binfmt interpreter for {target.name}: failed: {detail}")
 
-    install(run, None, flags, say)
+    install(run, None, flags, say, lambda target: "replace it: --reset")
     return EXIT_FAILED if run.failed else EXIT_OK
 
 

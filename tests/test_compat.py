@@ -141,7 +141,8 @@ def test_install_fails_when_another_tools_entry_does_not_work(ns):
     _, install, entry = ns.run(register_cmd(line), f"{COMPAT} --install arm64,riscv64", f"cat {BINFMT_MISC}/qemu-aarch64")
     assert install.rc == 1, install.err
     assert "installing: arm64 failed: entry qemu-aarch64 of another tool (/bin/false, flags F) left in place, " \
-        "and it does not work" in install.err
+        "and it does not work (" in install.err
+    assert "fix: replace it: --uninstall qemu-aarch64 --install arm64 (setup-qemu-action: reset: true)" in install.err
     assert "installing: riscv64 OK" in install.err
     supported = status_json(install)["supported"]
     assert "linux/arm64" not in supported and "linux/riscv64" in supported
@@ -181,6 +182,20 @@ def test_uninstall_by_platform(ns):
                                    f"ls {BINFMT_MISC}")
     assert uninstall.rc == 0 and uninstall.err == "uninstalling: qemu-aarch64 OK\n"
     assert listing.out.split() == ["qemu-riscv64", "register", "status"]
+
+
+def test_mount_names_where_binfmt_misc_is_mounted(ns, tmp_path):
+    where = tmp_path / "binfmt"
+    where.mkdir()
+    install, entry = ns.run(f"{COMPAT} --mount {where} --install arm64", f"cat {where}/qemu-aarch64", mount=False)
+    assert install.rc == 0, install.err
+    assert status_json(install)["emulators"] == ["qemu-aarch64"]
+    assert entry_file(entry.out)["flags"] == "OCF"
+
+
+def test_binary_prefix_variable_is_refused(ns):
+    install = ns.one(f"QEMU_BINARY_PREFIX=x- {COMPAT} --install arm64")
+    assert install.rc == 2 and "QEMU_BINARY_PREFIX is not supported" in install.err
 
 
 def test_version_goes_to_stderr_like_tonistiigis(ns):
@@ -344,6 +359,11 @@ def test_setup_qemu_action_installs_verified_platforms(docker, reset, foreign_bu
             assert after["qemu-riscv64"] != foreign if reset else after["qemu-riscv64"] == foreign
             busybox = run([str(foreign_busybox["arm64"]), "uname", "-m"])
             assert busybox.stdout == "aarch64\n", busybox.stderr
+            # docker's CLI against podman 4.3 loses `run --rm` exit codes: the action's runs, by podman
+            for args in (["--version"], ["--install", "arm64,riscv64"], []):
+                again = run(["podman", "run", "--rm", "--privileged", reference, *args], env=env)
+                assert again.returncode == 0, again.stderr
+            assert host_entries() == after
         finally:
             restore_table(before)
         assert host_entries() == before
