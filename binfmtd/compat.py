@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 from binfmtd import __version__
-from binfmtd.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, BinfmtdError, UsageError
+from binfmtd.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, BinfmtdError, HostUnsupported, UsageError
 from binfmtd.targets import TARGETS, Target, lookup
 
 DEFAULT_MOUNT = "/proc/sys/fs/binfmt_misc"
@@ -167,7 +167,8 @@ def install(run: Run, targets: tuple[Target, ...] | None, flags: str, say, repla
     report = commands.apply(names, all_targets=targets is None, flags=flags, binfmt_misc=run.mount,
                             config=run.config())
     for warning in report.warnings:
-        if "flags lack F" not in warning and "flag C:" not in warning:  # the caller chose those flags
+        # The flags are the foreign language's own defaults or what its caller chose: no advice on them.
+        if "flags lack F" not in warning and "flag C:" not in warning:
             log(f"warning: {warning}")
     errors = {e["target"]: e["message"] for e in report.errors}
     entries = {e["name"]: e for e in commands.status(binfmt_misc=run.mount)["entries"]}
@@ -251,8 +252,13 @@ def status(run: Run) -> dict:
     native = set(run.native)
     emulated = tuple(t for t in TARGETS if t.platform and t.name not in native
                      and any(e.enabled and e.claims(t.magic) for e in table.entries))
-    results = probe(run, emulated) if emulated and table.enabled else {}
-    order = [t for t in TARGETS if t.name in native] + [t for t in emulated if results[t.name]["ok"]]
+    try:
+        results = probe(run, emulated) if emulated and table.enabled else {}
+    except HostUnsupported as exc:  # nothing verified: report the native platforms alone
+        log(f"warning: emulated platforms are not listed, none could be verified: {exc}")
+        results = {}
+    order = [t for t in TARGETS if t.name in native] + \
+        [t for t in emulated if t.name in results and results[t.name]["ok"]]
     native_first = sorted(order, key=lambda t: (t.name not in native, t.name != os.uname().machine))
     supported = [p for t in native_first for p in t.platforms if p not in STATUS_ALIASES]
     return {"supported": supported, "emulators": [e.name for e in table.entries if e.enabled]}

@@ -120,6 +120,15 @@ def test_install_registers_verifies_and_logs_like_tonistiigi(ns, foreign_busybox
     assert busybox.out == "aarch64\n"
 
 
+def test_status_lists_no_emulated_platform_it_could_not_verify(ns):
+    """Without unshare(1) the sandbox cannot run a probe: the status lists only native platforms."""
+    install, bare = ns.run(f"{COMPAT} --install arm64", f"PATH=/nonexistent {COMPAT}")
+    assert install.rc == 0 and "linux/arm64" in status_json(install)["supported"]
+    assert bare.rc == 0, bare.err
+    assert "linux/arm64" not in status_json(bare)["supported"] and status_json(bare)["emulators"] == ["qemu-aarch64"]
+    assert "warning: emulated platforms are not listed, none could be verified" in bare.err
+
+
 def test_preserve_argv0_variable_adds_flag_p(ns):
     install, entry = ns.run(f"QEMU_PRESERVE_ARGV0=1 {COMPAT} --install arm64", f"cat {BINFMT_MISC}/qemu-aarch64")
     assert install.rc == 0, install.err
