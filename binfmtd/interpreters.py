@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from binfmtd.entry import interpreter_text_problem, printable
 from binfmtd.trust import UntrustedPath, resolve_trusted
 
-DEFAULT_INTERPRETER_DIRS = ("/usr/bin", "/usr/local/bin", "/usr/libexec/qemu-binfmt")
+# The last one is where binfmtd's container image keeps its emulators (binfmtd/image.py); no host has it.
+DEFAULT_INTERPRETER_DIRS = ("/usr/bin", "/usr/local/bin", "/usr/libexec/qemu-binfmt", "/usr/libexec/binfmtd-image")
 PT_INTERP = 3
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from binfmtd.entry import Entry, parse_register_line
 from binfmtd.errors import BinfmtdError, HostUnsupported
+from binfmtd.image import registered_by_image
 from binfmtd.trust import UntrustedPath, resolve_trusted
 
 DEFAULT_STATE_DIR = "/var/lib/binfmtd"
@@ -184,6 +185,8 @@ class State:
     intents: dict[str, Intent] = field(default_factory=dict)
 
     def owns(self, entry: Entry) -> bool:
+        if registered_by_image(entry.interpreter):  # binfmtd's image, run without this state
+            return True
         owned = self.entries.get(entry.name)
         return owned is not None and parse_register_line(owned.line).same_registration(entry)
 

@@ -249,7 +249,7 @@ def test_image_registers_a_pinned_emulator_that_outlives_the_container(image, po
             assert [(r["target"], r["action"], r["flags"]) for r in json.loads(apply.stdout)["results"]] == \
                 [("aarch64", "registered", "POCF")]
             entry = Path(BINFMT_MISC, "qemu-aarch64").read_text()
-            assert "flags: POCF" in entry and "interpreter /usr/bin/qemu-aarch64-static" in entry
+            assert "flags: POCF" in entry and "interpreter /usr/libexec/binfmtd-image/qemu-aarch64-static" in entry
             # The container is gone; with the host's own /usr/bin hidden, the arm64 busybox still runs:
             # the kernel kept the emulator it opened in the container at registration (F).
             done = run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
@@ -270,12 +270,12 @@ def test_image_registers_a_pinned_emulator_that_outlives_the_container(image, po
         assert host_entries() == before
 
 
-def test_image_default_command_applies_all_then_verify_and_remove_all(image, podman_env, tmp_path):
+def test_image_applies_all_then_verify_and_remove_all(image, podman_env, tmp_path):
     volume = ["-v", f"{tmp_path}:/var/lib/binfmtd"]
     with host_table():
         before = host_entries()
         try:
-            apply = podman_run(podman_env, *volume, image)  # CMD: apply --all
+            apply = podman_run(podman_env, *volume, image, "apply", "--all")
             assert apply.returncode == 0, apply.stderr
             ours = set(json.loads((tmp_path / "state.json").read_text())["entries"])  # what binfmtd registered
             assert {"qemu-aarch64", "qemu-arm", "qemu-riscv64", "qemu-s390x"} - set(before) <= ours
