@@ -108,6 +108,8 @@ def execute(plan: Plan, path: str, kernel: Kernel, state: State) -> Outcome:
             continue
         try:
             _execute_action(action, path, kernel, state)
+            if action.pin and action.new:  # the file the kernel opened for it: later drift is measured against it
+                state.entries[action.target.entry_name].pinned = action.pin
         except BinfmtdError as exc:
             action.error = str(exc)
             outcome.errors.append((action.target.name, str(exc)))

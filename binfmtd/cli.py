@@ -66,11 +66,15 @@ def status(as_json: bool = JsonOpt,
         state = ("mounted, " + ("enabled" if misc["enabled"] else "DISABLED")) if misc["mounted"] else "NOT MOUNTED"
         print(f"binfmt_misc: {misc['path']} {state} ({where})")
         if result["entries"]:
-            rows = [["NAME", "TARGET", "PLATFORM", "STATE", "FLAGS", "OWNER", "INTERPRETER"]]
+            rows = [["NAME", "TARGET", "PLATFORM", "STATE", "FLAGS", "OWNER", "QEMU", "INTERPRETER"]]
             rows += [[e["name"], e["target"] or "-", e["platform"] or "-",
-                      "enabled" if e["enabled"] else "disabled", e["flags"] or "-", e["owner"], e["interpreter"]]
+                      "enabled" if e["enabled"] else "disabled", e["flags"] or "-", e["owner"],
+                      e["qemu_version"] or "-", e["interpreter"]]
                      for e in result["entries"]]
             table(rows)
+            for e in result["entries"]:  # an emulator replaced or removed on disk since registration
+                if e["emulator"]["drift"]:
+                    say("warning", f"{e['name']}: {e['emulator']['note']}")
         else:
             print("no entries registered")
     _exit(finish(commands.status, as_json, render))
@@ -125,9 +129,9 @@ def verify_cmd(targets: Optional[List[str]] = TargetsArg,
         return report
 
     def render(report) -> None:
-        rows = [["TARGET", "PLATFORM", "RESULT", "MACHINE", "SECONDS"]]
+        rows = [["TARGET", "PLATFORM", "RESULT", "MACHINE", "SECONDS", "QEMU"]]
         rows += [[r["target"], r["platform"] or "-", "ok" if r["ok"] else "FAILED", r["machine"] or "-",
-                  f"{r['seconds']:.2f}"] for r in report.results]
+                  f"{r['seconds']:.2f}", (r["emulator"] or {}).get("version") or "-"] for r in report.results]
         print(f"engine: {report.engine}")
         table(rows)
         for r in report.results:

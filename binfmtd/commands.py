@@ -81,8 +81,16 @@ def _require_root_and_kernel(kernel: facts.Kernel) -> None:
         raise HostUnsupported("binfmt_misc can only be changed by root; run it with sudo")
 
 
-def _read_interpreters(targets, native, dirs) -> dict[str, Interpreter]:
-    return {t.qemu: read_interpreter(t.qemu, dirs) for t in targets if t.name not in native}
+def _read_interpreters(targets, native, dirs, host: facts.Host | None = None,
+                       state: State | None = None) -> dict[str, Interpreter]:
+    """With `host` and `state`: the QEMU version too, where binfmtd may register (no entry yet,
+    or binfmtd's own); a file the state already pinned costs no process (the boot path's no-op)."""
+    def wants_version(t: Target) -> bool:
+        current = host.binfmt_misc.entry(t.entry_name) if host else None
+        return state is not None and (current is None or state.owns(current))
+    pins = tuple(o.pinned for o in state.entries.values() if o.pinned) if state else ()
+    return {t.qemu: read_interpreter(t.qemu, dirs, version=wants_version(t), known=pins)
+            for t in targets if t.name not in native}
 
 
 def _report(plan: Plan, check: bool, errors: list[tuple[str, str]]) -> ChangeReport:
@@ -109,7 +117,7 @@ def apply(names=(), all_targets=False, flags: str | None = None, force=False, ch
     def plan_now(host: facts.Host, state: State) -> Plan:
         targets, explicit = desired_targets(names, all_targets, config, host.native)
         desired = Desired(targets, normalize_flags(flags), explicit, force)
-        return plan_apply(desired, host, _read_interpreters(targets, host.native, dirs), state)
+        return plan_apply(desired, host, _read_interpreters(targets, host.native, dirs, host, state), state)
 
     if check:
         host = facts.read_host(path, read_native(state_dir, remember=False)[0])
@@ -196,10 +204,38 @@ def status(binfmt_misc: str | None = None, state_dir: str | None = None) -> dict
             "mask": entry.mask.hex() or None, "target": target.name if target else None,
             "platform": target.platform if target else None,
             "owner": "binfmtd" if state.owns(entry) else "other",
+            **emulator_of(entry, state.entries.get(entry.name) if state.owns(entry) else None, target is not None),
         })
     return {"binfmt_misc": {"path": path, "mounted": table.mounted, "enabled": table.enabled,
                             "private": table.private},
             "entries": entries}
+
+
+def emulator_of(entry: Entry, owned, is_qemu: bool) -> dict:
+    """Which QEMU an entry runs and whether that is still the file on disk. With F the kernel
+    pinned a file at registration: binfmtd knows which for its own entries (the state's pin);
+    for other tools' entries only the file on disk now is known (verify sees what really runs)."""
+    from binfmtd.interpreters import describe_version, emulator_identity, safety_problem, same_file
+
+    fixed = "F" in entry.flags
+    pinned = owned.pinned if owned and fixed else None
+    runs_version = is_qemu and safety_problem(entry.interpreter) is None  # never run an untrusted file
+    on_disk = emulator_identity(entry.interpreter, version=runs_version, known=(pinned,) if pinned else ())
+    drift = note = None
+    if fixed and entry.enabled and on_disk is None:
+        drift = "removed"
+        note = (f"emulator {entry.interpreter} is gone from disk; the entry still runs the file it pinned"
+                + (f" ({describe_version(pinned)})" if pinned else "")
+                + ("; binfmtd apply removes it" if owned else "; reinstall QEMU or remove the entry "
+                   "(it is not binfmtd's)"))
+    elif pinned and not same_file(pinned, on_disk):
+        drift = "replaced"
+        note = (f"pinned {describe_version(pinned)} (replaced on disk by {describe_version(on_disk)}): "
+                "re-register to use it (binfmtd apply)")
+    version = (pinned or on_disk or {}).get("version")
+    return {"qemu_version": version,
+            "emulator": {"pinned": pinned, "on_disk": on_disk, "drift": drift, "note": note,
+                         "version_of": "pinned" if pinned else "disk" if version else None}}
 
 
 def check(names=(), config_file: str | None = None, binfmt_misc: str | None = None) -> dict:
@@ -244,6 +280,7 @@ def check(names=(), config_file: str | None = None, binfmt_misc: str | None = No
         add("config", False, str(exc), "correct the file as the message says")
     targets, _ = desired_targets(names, False, config, host.native)
     dirs = (config and config.interpreter_dirs) or DEFAULT_INTERPRETER_DIRS
+    state = load_state(state_dir)
     for target in targets:
         if target.name in host.native:
             add(f"interpreter:{target.name}", True, f"native on this {host.machine} host; no entry needed")
@@ -261,6 +298,16 @@ def check(names=(), config_file: str | None = None, binfmt_misc: str | None = No
         else:
             version = qemu_version(interp.path)
             add(f"interpreter:{target.name}", True, f"{interp.path}, static, safe, QEMU {version or '?'}")
+        if entry := table.entry(target.entry_name):
+            owned = state.entries.get(entry.name) if state.owns(entry) else None
+            emulator = emulator_of(entry, owned, True)["emulator"]
+            if emulator["drift"]:
+                add(f"emulator:{target.name}", False, f"{entry.name}: {emulator['note']}",
+                    f"binfmtd apply {target.name}" if owned else
+                    f"re-register {entry.name} with the tool that made it, or take it over: binfmtd apply --force {target.name}")
+            elif emulator["pinned"]:
+                add(f"emulator:{target.name}", True, f"{entry.name} runs the file it pinned, still the one on disk "
+                    f"({emulator['pinned']['path']}, QEMU {emulator['pinned'].get('version') or '?'})")
     return {"ok": all(c["ok"] for c in checks), "checks": checks}
 
 

@@ -17,6 +17,7 @@ class Interpreter:
     path: str | None  # None: not found
     static: bool = False
     problem: str | None = None  # why it is unsafe, None when safe
+    identity: dict | None = None  # which file it is now (emulator_identity): what an F entry would pin
 
     @property
     def usable(self) -> bool:
@@ -37,11 +38,16 @@ def find_interpreter(qemu: str, dirs: tuple[str, ...] = DEFAULT_INTERPRETER_DIRS
     return None
 
 
-def read_interpreter(qemu: str, dirs: tuple[str, ...] = DEFAULT_INTERPRETER_DIRS) -> Interpreter:
+def read_interpreter(qemu: str, dirs: tuple[str, ...] = DEFAULT_INTERPRETER_DIRS, version: bool = False,
+                     known: tuple[dict, ...] = ()) -> Interpreter:
+    """The target's emulator; with `version`, its identity says which QEMU it is (known
+    identities, e.g. the state's pins, spare running it)."""
     path = find_interpreter(qemu, dirs)
     if path is None:
         return Interpreter(None)
-    return Interpreter(path, is_static(path), safety_problem(path))
+    problem = safety_problem(path)
+    return Interpreter(path, is_static(path), problem,
+                       emulator_identity(path, version=version and problem is None, known=known))
 
 
 def parse_elf_is_static(header: bytes, read_at) -> bool:
@@ -128,14 +134,76 @@ def _group_name(gid: int) -> str:
         return str(gid)
 
 
-def qemu_version(path: str, timeout: float = 5.0) -> str | None:
+def qemu_version(path: str, timeout: float = 5.0, pass_fds: tuple[int, ...] = ()) -> str | None:
     """`qemu-x --version`'s version number (for `check`; never on the apply path)."""
     import subprocess
 
     try:
-        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=timeout).stdout
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=timeout,
+                             pass_fds=pass_fds).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     first = out.splitlines()[0] if out else ""
     words = first.split()
     return words[words.index("version") + 1] if "version" in words[:-1] else (first or None)
+
+
+# -- which file an emulator is ------------------------------------------------------------------
+# With F the kernel opens the emulator at registration and keeps that very file (inode) for the
+# entry's lifetime: a package upgrade renames a new file over the path and the entry goes on
+# running the old one. So binfmtd records the file it registered (device, inode, size, mtime:
+# a rename or an in-place rewrite changes one of them) and the QEMU version it reports, and
+# compares that with the path now. stat() costs a microsecond; `--version` costs a process
+# (20-30 ms), so it runs only for a file no known identity describes, once per file and process.
+
+_versions: dict[tuple, str | None] = {}
+
+
+def file_key(identity: dict | None) -> tuple | None:
+    return (identity["dev"], identity["ino"], identity["size"], identity["mtime"]) if identity else None
+
+
+def same_file(a: dict | None, b: dict | None) -> bool:
+    return a is not None and b is not None and file_key(a) == file_key(b)
+
+
+def emulator_identity(path: str, version: bool = True, known: tuple[dict, ...] = ()) -> dict | None:
+    """Which file `path` is now (symlinks followed, as the kernel's open follows them):
+    {"path", "dev", "ino", "size", "mtime", "version"}, or None when nothing is there. The
+    version comes from a known identity of the same file, else from running it (with `version`)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    identity = {"path": os.path.realpath(path), "dev": st.st_dev, "ino": st.st_ino, "size": st.st_size,
+                "mtime": st.st_mtime_ns, "version": None}
+    key = file_key(identity)
+    for other in known:
+        if other and file_key(other) == key and other.get("version"):
+            identity["version"] = other["version"]
+            return identity
+    if version:
+        if key not in _versions:
+            _versions[key] = qemu_version(path)
+        identity["version"] = _versions[key]
+    return identity
+
+
+def describe_version(identity: dict | None) -> str:
+    """`QEMU 7.2.22` for messages."""
+    return f"QEMU {identity.get('version') or '(version unknown)'}" if identity else "no emulator"
+
+
+def identity_of_open_file(fd: int, path: str, version: bool = True, known: tuple[dict, ...] = ()) -> dict:
+    """emulator_identity of a file held open (e.g. /proc/PID/exe of a probe: the file the kernel
+    really ran, deleted from disk or not); its version by running that very file."""
+    st = os.fstat(fd)
+    identity = {"path": path, "dev": st.st_dev, "ino": st.st_ino, "size": st.st_size, "mtime": st.st_mtime_ns,
+                "version": None}
+    key = file_key(identity)
+    identity["version"] = next((k["version"] for k in known if k and file_key(k) == key and k.get("version")), None)
+    if identity["version"] is None and version:
+        if key not in _versions:
+            _versions[key] = qemu_version(f"/proc/self/fd/{fd}", pass_fds=(fd,))
+        identity["version"] = _versions[key]
+    return identity

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from binfmtd.entry import Entry, normalize_flags, parse_register_line
 from binfmtd.facts import Host
-from binfmtd.interpreters import Interpreter
+from binfmtd.interpreters import Interpreter, describe_version, same_file
 from binfmtd.state import State
 from binfmtd.targets import Target
 
@@ -35,6 +35,7 @@ class Action:
     take_over: Entry | None = None  # a foreign entry --force replaces: remembered for restore
     error: str | None = None  # planned failure: nothing is done for this target
     forget: bool = False  # no entry in the kernel: drop binfmtd's record of it (remove)
+    pin: dict | None = None  # the emulator file `new` makes the kernel open (recorded once registered)
 
     @property
     def changes(self) -> bool:
@@ -87,8 +88,13 @@ def _plan_target(target: Target, flags: str, desired: Desired, host: Host,
         return Action(target, SKIPPED, f"native: this {host.machine} host runs {target.name} binaries itself",
                       flags=flags)
     if interpreter.path is None:
+        if current is not None and state.owns(current):
+            return _remove_vanished(target, current, state)
         reason = (f"no interpreter: qemu-{target.qemu}-static not found; install qemu-user-static "
                   "or set interpreter_dirs")
+        if current is not None and current.enabled and "F" in current.flags:
+            reason += (f"; entry {name} (not binfmtd's) keeps running the emulator it pinned at registration, "
+                       "removed from disk since")
         return Action(target, SKIPPED, reason, flags=flags, error=reason if desired.explicit else None)
     base = Action(target, UNCHANGED, "", interpreter.path, flags)
     if interpreter.problem:
@@ -100,12 +106,18 @@ def _plan_target(target: Target, flags: str, desired: Desired, host: Host,
     if problem := new.problem(host.kernel.magic_size_limit):
         base.action, base.reason, base.error = SKIPPED, problem, problem
         return base
-    base.new = new
+    base.new, base.pin = new, interpreter.identity
     if current is None:
         base.action, base.reason = REGISTERED, "not registered"
         return base
     ours = state.owns(current)
     if current.same_registration(new) and current.enabled:
+        pinned = state.entries[name].pinned if ours else None
+        if pinned and "F" in current.flags and not same_file(pinned, interpreter.identity):
+            base.action, base.old = REPLACED, current
+            base.reason = (f"pinned {describe_version(pinned)} (replaced on disk by "
+                           f"{describe_version(interpreter.identity)}): re-registered to use it")
+            return base
         base.new = None
         base.reason = "registered by binfmtd, as desired" if ours else "already registered as desired (by another tool)"
         return base
@@ -123,6 +135,15 @@ def _plan_target(target: Target, flags: str, desired: Desired, host: Host,
         base.take_over = current
         base.reason += "; taken over from another tool (--force), kept for restore on remove"
     return base
+
+
+def _remove_vanished(target: Target, current: Entry, state: State) -> Action:
+    """binfmtd's entry whose emulator is gone from disk (QEMU removed or a target dropped by
+    an upgrade): removed, not left pinned to a deleted file (F) or pointing at nothing."""
+    pinned = state.entries[current.name].pinned
+    held = f"; it ran {describe_version(pinned)}, now deleted" if pinned and "F" in current.flags else ""
+    return Action(target, REMOVED, f"emulator {current.interpreter} is gone from disk{held}: entry removed",
+                  current.interpreter, current.flags, old=current)
 
 
 def _differences(current: Entry, new: Entry) -> list[str]:

@@ -28,6 +28,7 @@ def state_dir_from_env() -> str:
 class Owned:
     line: str  # the register line binfmtd wrote
     replaced: str | None = None  # the foreign entry --force took over, to put back on remove
+    pinned: dict | None = None  # the emulator file registered (interpreters.emulator_identity)
 
 
 @dataclass
@@ -42,12 +43,13 @@ class State:
 
 def parse_state(text: str) -> State:
     data = json.loads(text)
-    return State({name: Owned(item["line"], item.get("replaced"))
+    return State({name: Owned(item["line"], item.get("replaced"), item.get("pinned"))
                   for name, item in data.get("entries", {}).items()}, data.get("last_apply"))
 
 
 def format_state(state: State) -> str:
-    entries = {name: {"line": o.line, "replaced": o.replaced} for name, o in sorted(state.entries.items())}
+    entries = {name: {"line": o.line, "replaced": o.replaced, **({"pinned": o.pinned} if o.pinned else {})}
+               for name, o in sorted(state.entries.items())}
     return json.dumps({"version": 1, "last_apply": state.last_apply, "entries": entries}, indent=2) + "\n"
 
 
