@@ -137,9 +137,26 @@ class Table:
     mounted: bool
     status: str = ""  # "enabled" / "disabled"
     entries: tuple[tuple[str, str], ...] = ()  # (name, entry file text)
+    # The emulators' files and directories on disk, stat()ed: an upgrade renames a new QEMU over an
+    # F entry's pinned file (plan re-registers it), removes one, or adds one to a directory.
+    emulators: tuple[tuple[str, tuple | None], ...] = ()
 
 
-def read_table(path: str) -> Table:
+def stamp_emulators(entries: tuple[tuple[str, str], ...], dirs: tuple[str, ...]) -> tuple:
+    """(path, stat stamp or None) of each entry's interpreter and each interpreter directory."""
+    paths = [line.partition(" ")[2] for _, text in entries for line in text.splitlines()
+             if line.startswith("interpreter ")]
+    stamps = []
+    for path in sorted(set(paths)) + list(dirs):
+        try:
+            st = os.stat(path)
+            stamps.append((path, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)))
+        except OSError:
+            stamps.append((path, None))
+    return tuple(stamps)
+
+
+def read_table(path: str, interpreter_dirs: tuple[str, ...] = ()) -> Table:
     mounted = (facts.parse_mount_type(facts.read_text("/proc/self/mountinfo"), path) == "binfmt_misc"
                and os.path.exists(os.path.join(path, "register")))
     if not mounted:
@@ -156,7 +173,8 @@ def read_table(path: str) -> Table:
                     entries.append((name, f.read()))
             except OSError:  # removed between listdir and open
                 continue
-    return Table(True, facts.read_text(os.path.join(path, "status")).strip(), tuple(entries))
+    return Table(True, facts.read_text(os.path.join(path, "status")).strip(), tuple(entries),
+                 stamp_emulators(tuple(entries), interpreter_dirs))
 
 
 def describe_drift(before: Table, after: Table, path: str) -> list[str]:
@@ -178,6 +196,11 @@ def describe_drift(before: Table, after: Table, path: str) -> list[str]:
             was_enabled, is_enabled = (text.startswith("enabled") for text in (old[name], new[name]))
             what = "changed" if was_enabled == is_enabled else "re-enabled" if is_enabled else "disabled"
             changes.append(f"{name} was {what}")
+    old_files, new_files = dict(before.emulators), dict(after.emulators)
+    for file in sorted(old_files.keys() & new_files.keys()):
+        if old_files[file] != new_files[file]:
+            changes.append(f"{file} was " + ("removed" if new_files[file] is None else "added" if old_files[file] is None
+                                             else "changed") + " on disk")
     return changes
 
 
@@ -268,6 +291,11 @@ class Daemon:
         self.status = ""
         self.ready = False  # STATUS= goes out with READY=1 first
 
+    def read_table(self) -> Table:
+        from binfmtd.interpreters import DEFAULT_INTERPRETER_DIRS
+
+        return read_table(self.path, tuple(self.settings.interpreter_dirs or DEFAULT_INTERPRETER_DIRS))
+
     def apply(self, why: str) -> int | None:
         """Apply the config in force and take the new fingerprint; an exit code if the host
         cannot do it at all. Problems are logged when they appear, not on every retry."""
@@ -280,12 +308,12 @@ class Daemon:
             self.log(ERR, str(exc))
             return exc.exit_code
         except (BinfmtdError, OSError) as exc:  # lock held too long, state unwritable, ...: retry
-            self.baseline = read_table(self.path)
+            self.baseline = self.read_table()
             self._report({(ERR, str(exc))})
             self._schedule_retry()
             self._set_status(f"apply failed, retry in {self.retry_delay:g}s: {exc}")
             return None
-        self.baseline = read_table(self.path)
+        self.baseline = self.read_table()
         elapsed = (time.monotonic() - started) * 1000
         changed = [r for r in report.results if r["action"] not in ("unchanged", "skipped")]
         for r in changed:
@@ -363,7 +391,7 @@ class Daemon:
 
     def tick(self) -> int | None:
         """The idle path: one fingerprint read; an apply only if the table moved."""
-        table = read_table(self.path)
+        table = self.read_table()
         if table == self.baseline:
             self.mark_ready()
             return None
