@@ -156,7 +156,9 @@ def stamp_emulators(entries: tuple[tuple[str, str], ...], dirs: tuple[str, ...])
     return tuple(stamps)
 
 
-def read_table(path: str, interpreter_dirs: tuple[str, ...] = ()) -> Table:
+def read_table(path: str, interpreter_dirs: tuple[str, ...] = (), dir_stamps: tuple | None = None) -> Table:
+    """The fingerprint; `dir_stamps` are the directories' stamps taken earlier (before an apply,
+    so that an emulator added while it ran still counts as a change at the next tick)."""
     mounted = (facts.parse_mount_type(facts.read_text("/proc/self/mountinfo"), path) == "binfmt_misc"
                and os.path.exists(os.path.join(path, "register")))
     if not mounted:
@@ -173,8 +175,9 @@ def read_table(path: str, interpreter_dirs: tuple[str, ...] = ()) -> Table:
                     entries.append((name, f.read()))
             except OSError:  # removed between listdir and open
                 continue
+    dirs = dir_stamps if dir_stamps is not None else stamp_emulators((), interpreter_dirs)
     return Table(True, facts.read_text(os.path.join(path, "status")).strip(), tuple(entries),
-                 stamp_emulators(tuple(entries), interpreter_dirs))
+                 stamp_emulators(tuple(entries), ()) + dirs)
 
 
 def describe_drift(before: Table, after: Table, path: str) -> list[str]:
@@ -291,15 +294,19 @@ class Daemon:
         self.status = ""
         self.ready = False  # STATUS= goes out with READY=1 first
 
-    def read_table(self) -> Table:
+    def interpreter_dirs(self) -> tuple[str, ...]:
         from binfmtd.interpreters import DEFAULT_INTERPRETER_DIRS
 
-        return read_table(self.path, tuple(self.settings.interpreter_dirs or DEFAULT_INTERPRETER_DIRS))
+        return tuple(self.settings.interpreter_dirs or DEFAULT_INTERPRETER_DIRS)
+
+    def read_table(self, dir_stamps: tuple | None = None) -> Table:
+        return read_table(self.path, self.interpreter_dirs(), dir_stamps)
 
     def apply(self, why: str) -> int | None:
         """Apply the config in force and take the new fingerprint; an exit code if the host
         cannot do it at all. Problems are logged when they appear, not on every retry."""
         started = time.monotonic()
+        dir_stamps = stamp_emulators((), self.interpreter_dirs())  # before: a change during the apply counts
         try:
             # a short lock wait: a long one would starve the watchdog pings
             report = commands.apply(config=self.settings, binfmt_misc=self.path, state_dir=self.state_dir,
@@ -308,12 +315,12 @@ class Daemon:
             self.log(ERR, str(exc))
             return exc.exit_code
         except (BinfmtdError, OSError) as exc:  # lock held too long, state unwritable, ...: retry
-            self.baseline = self.read_table()
+            self.baseline = self.read_table(dir_stamps)
             self._report({(ERR, str(exc))})
             self._schedule_retry()
             self._set_status(f"apply failed, retry in {self.retry_delay:g}s: {exc}")
             return None
-        self.baseline = self.read_table()
+        self.baseline = self.read_table(dir_stamps)
         elapsed = (time.monotonic() - started) * 1000
         changed = [r for r in report.results if r["action"] not in ("unchanged", "skipped")]
         for r in changed:
