@@ -12,7 +12,7 @@ from binfmtd import facts
 from binfmtd.config import Config, load_config
 from binfmtd.entry import Entry, flags_problem, normalize_flags
 from binfmtd.errors import BinfmtdError, HostUnsupported, UsageError
-from binfmtd.interpreters import DEFAULT_INTERPRETER_DIRS, Interpreter, read_interpreter
+from binfmtd.interpreters import DEFAULT_INTERPRETER_DIRS, Interpreter, add_versions, read_interpreter
 from binfmtd.native import read_native
 from binfmtd.plan import Desired, Plan, plan_apply, plan_remove
 from binfmtd.state import State, load_state, locked, save_state, state_dir_from_env
@@ -88,9 +88,12 @@ def _read_interpreters(targets, native, dirs, host: facts.Host | None = None,
     def wants_version(t: Target) -> bool:
         current = host.binfmt_misc.entry(t.entry_name) if host else None
         return state is not None and (current is None or state.owns(current))
-    pins = tuple(o.pinned for o in state.entries.values() if o.pinned) if state else ()
-    return {t.qemu: read_interpreter(t.qemu, dirs, version=wants_version(t), known=pins)
-            for t in targets if t.name not in native}
+    interpreters = {t.qemu: read_interpreter(t.qemu, dirs) for t in targets if t.name not in native}
+    if state is not None:
+        add_versions([interpreters[t.qemu].identity for t in targets if t.qemu in interpreters and wants_version(t)
+                      and interpreters[t.qemu].problem is None],
+                     tuple(o.pinned for o in state.entries.values() if o.pinned))
+    return interpreters
 
 
 def _report(plan: Plan, check: bool, errors: list[tuple[str, str]]) -> ChangeReport:
@@ -195,6 +198,7 @@ def status(binfmt_misc: str | None = None, state_dir: str | None = None) -> dict
     path, state_dir = _paths(binfmt_misc, state_dir)
     table = facts.read_binfmt_misc(path)
     state = load_state(state_dir)
+    emulators = read_emulators(table.entries, state)
     entries = []
     for entry in table.entries:
         target = facts.target_of_entry(entry)
@@ -204,25 +208,38 @@ def status(binfmt_misc: str | None = None, state_dir: str | None = None) -> dict
             "mask": entry.mask.hex() or None, "target": target.name if target else None,
             "platform": target.platform if target else None,
             "owner": "binfmtd" if state.owns(entry) else "other",
-            **emulator_of(entry, state.entries.get(entry.name) if state.owns(entry) else None, target is not None),
+            **emulator_of(entry, state.owns(entry), *emulators[entry.name]),
         })
     return {"binfmt_misc": {"path": path, "mounted": table.mounted, "enabled": table.enabled,
                             "private": table.private},
             "entries": entries}
 
 
-def emulator_of(entry: Entry, owned, is_qemu: bool) -> dict:
-    """Which QEMU an entry runs and whether that is still the file on disk. With F the kernel
-    pinned a file at registration: binfmtd knows which for its own entries (the state's pin);
-    for other tools' entries only the file on disk now is known (verify sees what really runs)."""
-    from binfmtd.interpreters import describe_version, emulator_identity, safety_problem, same_file
+def read_emulators(entries, state: State) -> dict[str, tuple[dict | None, dict | None]]:
+    """Per entry: the emulator file it pinned (binfmtd's own F entries: the state's pin) and the
+    file at its interpreter path now, with QEMU versions (asked in parallel, never of a file
+    binfmtd would not trust, nor of a non-QEMU entry's interpreter)."""
+    from binfmtd.interpreters import emulator_identity, safety_problem
 
-    fixed = "F" in entry.flags
-    pinned = owned.pinned if owned and fixed else None
-    runs_version = is_qemu and safety_problem(entry.interpreter) is None  # never run an untrusted file
-    on_disk = emulator_identity(entry.interpreter, version=runs_version, known=(pinned,) if pinned else ())
+    found = {}
+    for entry in entries:
+        owned = state.entries.get(entry.name) if state.owns(entry) else None
+        pinned = owned.pinned if owned and "F" in entry.flags else None
+        found[entry.name] = (pinned, emulator_identity(entry.interpreter, version=False))
+    pins = tuple(o.pinned for o in state.entries.values() if o.pinned)
+    add_versions([disk for e in entries if (disk := found[e.name][1]) and facts.target_of_entry(e)
+                  and safety_problem(e.interpreter) is None], pins)
+    return found
+
+
+def emulator_of(entry: Entry, owned: bool, pinned: dict | None, on_disk: dict | None) -> dict:
+    """Which QEMU an entry runs and whether that is still the file on disk. With F the kernel
+    pinned a file at registration: binfmtd knows which for its own entries (`pinned`); for other
+    tools' entries only the file on disk now is known (verify sees what really runs)."""
+    from binfmtd.interpreters import describe_version, same_file
+
     drift = note = None
-    if fixed and entry.enabled and on_disk is None:
+    if "F" in entry.flags and entry.enabled and on_disk is None:
         drift = "removed"
         note = (f"emulator {entry.interpreter} is gone from disk; the entry still runs the file it pinned"
                 + (f" ({describe_version(pinned)})" if pinned else "")
@@ -299,8 +316,8 @@ def check(names=(), config_file: str | None = None, binfmt_misc: str | None = No
             version = qemu_version(interp.path)
             add(f"interpreter:{target.name}", True, f"{interp.path}, static, safe, QEMU {version or '?'}")
         if entry := table.entry(target.entry_name):
-            owned = state.entries.get(entry.name) if state.owns(entry) else None
-            emulator = emulator_of(entry, owned, True)["emulator"]
+            owned = state.owns(entry)
+            emulator = emulator_of(entry, owned, *read_emulators([entry], state)[entry.name])["emulator"]
             if emulator["drift"]:
                 add(f"emulator:{target.name}", False, f"{entry.name}: {emulator['note']}",
                     f"binfmtd apply {target.name}" if owned else

@@ -38,16 +38,12 @@ def find_interpreter(qemu: str, dirs: tuple[str, ...] = DEFAULT_INTERPRETER_DIRS
     return None
 
 
-def read_interpreter(qemu: str, dirs: tuple[str, ...] = DEFAULT_INTERPRETER_DIRS, version: bool = False,
-                     known: tuple[dict, ...] = ()) -> Interpreter:
-    """The target's emulator; with `version`, its identity says which QEMU it is (known
-    identities, e.g. the state's pins, spare running it)."""
+def read_interpreter(qemu: str, dirs: tuple[str, ...] = DEFAULT_INTERPRETER_DIRS) -> Interpreter:
+    """The target's emulator, with its identity (stat only; add_versions asks the QEMU version)."""
     path = find_interpreter(qemu, dirs)
     if path is None:
         return Interpreter(None)
-    problem = safety_problem(path)
-    return Interpreter(path, is_static(path), problem,
-                       emulator_identity(path, version=version and problem is None, known=known))
+    return Interpreter(path, is_static(path), safety_problem(path), emulator_identity(path, version=False))
 
 
 def parse_elf_is_static(header: bytes, read_at) -> bool:
@@ -187,6 +183,22 @@ def emulator_identity(path: str, version: bool = True, known: tuple[dict, ...] =
             _versions[key] = qemu_version(path)
         identity["version"] = _versions[key]
     return identity
+
+
+def add_versions(identities: list[dict | None], known: tuple[dict, ...] = ()) -> None:
+    """Fill in each identity's version (in place): from a known identity of the same file, else by
+    running the files, in parallel (a first `apply --all` asks some thirty emulators at once)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    missing = [i for i in identities if i and not i.get("version")]
+    for identity in missing:
+        identity["version"] = next((k["version"] for k in known if same_file(k, identity) and k.get("version")), None)
+    todo = {file_key(i): i["path"] for i in missing if not i["version"] and file_key(i) not in _versions}
+    if todo:
+        with ThreadPoolExecutor(max_workers=min(8, len(todo))) as pool:
+            _versions.update(zip(todo, pool.map(qemu_version, todo.values())))
+    for identity in missing:
+        identity["version"] = identity["version"] or _versions.get(file_key(identity))
 
 
 def describe_version(identity: dict | None) -> str:
