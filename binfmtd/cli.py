@@ -69,7 +69,7 @@ def status(as_json: bool = JsonOpt,
             rows = [["NAME", "TARGET", "PLATFORM", "STATE", "FLAGS", "OWNER", "QEMU", "INTERPRETER"]]
             rows += [[e["name"], e["target"] or "-", e["platform"] or "-",
                       "enabled" if e["enabled"] else "disabled", e["flags"] or "-", e["owner"],
-                      e["qemu_version"] or "-", e["interpreter"]]
+                      _shown_version(e), e["interpreter"]]
                      for e in result["entries"]]
             table(rows)
             for e in result["entries"]:  # an emulator replaced or removed on disk since registration
@@ -78,6 +78,14 @@ def status(as_json: bool = JsonOpt,
         else:
             print("no entries registered")
     _exit(finish(commands.status, as_json, render))
+
+
+def _shown_version(entry: dict) -> str:
+    """The QEMU an entry runs; `(on disk)` where only the file on disk is known: another tool's F
+    entry may still run an older file it pinned (binfmtd verify shows which)."""
+    version = entry["qemu_version"] or "-"
+    unsure = entry["emulator"]["version_of"] == "disk" and "F" in entry["flags"]
+    return f"{version} (on disk)" if unsure and entry["qemu_version"] else version
 
 
 @app.command("check")

@@ -179,8 +179,8 @@ def emulator_identity(path: str, version: bool = True, known: tuple[dict, ...] =
             identity["version"] = other["version"]
             return identity
     if version:
-        if key not in _versions:
-            _versions[key] = qemu_version(path)
+        if key not in _versions:  # the real file: Debian's <target>-binfmt-P links make QEMU read argv differently
+            _versions[key] = qemu_version(identity["path"])
         identity["version"] = _versions[key]
     return identity
 
@@ -188,13 +188,13 @@ def emulator_identity(path: str, version: bool = True, known: tuple[dict, ...] =
 def add_versions(identities: list[dict | None], known: tuple[dict, ...] = ()) -> None:
     """Fill in each identity's version (in place): from a known identity of the same file, else by
     running the files, in parallel (a first `apply --all` asks some thirty emulators at once)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     missing = [i for i in identities if i and not i.get("version")]
     for identity in missing:
         identity["version"] = next((k["version"] for k in known if same_file(k, identity) and k.get("version")), None)
     todo = {file_key(i): i["path"] for i in missing if not i["version"] and file_key(i) not in _versions}
     if todo:
+        from concurrent.futures import ThreadPoolExecutor  # only when a process is needed: not on a no-op
+
         with ThreadPoolExecutor(max_workers=min(8, len(todo))) as pool:
             _versions.update(zip(todo, pool.map(qemu_version, todo.values())))
     for identity in missing:

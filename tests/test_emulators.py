@@ -142,6 +142,34 @@ def test_another_tools_entry_with_a_deleted_emulator_is_reported_not_touched(ns,
     assert entry.out.startswith("enabled\n") and f"interpreter {emulators['path']}\n" in entry.out
 
 
+def test_verify_sees_binfmt_support_entry_still_running_the_qemu_replaced_under_it(ns, emulators, tmp_path):
+    """Debian's binfmt-support registers qemu-aarch64 (F, through /usr/libexec/qemu-binfmt's
+    link); then a newer QEMU appears at /usr/bin/qemu-aarch64-static (bind-mounted over it in
+    this namespace, as an upgrade would rename it). binfmtd cannot know what another tool's entry
+    pinned: status shows the version on disk, marked so; verify sees the old one really running
+    (/proc/PID/exe) and says so; apply leaves the entry alone."""
+    need(shutil.which("update-binfmts") is not None and os.path.exists("/usr/share/binfmts/qemu-aarch64"),
+         "binfmt-support and qemu-user-static's formats are needed (apt-get install binfmt-support)")
+    admin = tmp_path / "binfmts-admin"
+    admin.mkdir()
+    steps = ns.run(f"update-binfmts --admindir {admin} --importdir /usr/share/binfmts --import qemu-aarch64",
+                   f"mount --bind {emulators['new_path']} {OLD}", f"{BINFMTD} status --json", f"{BINFMTD} status",
+                   f"{BINFMTD} verify aarch64 --engine sandbox --json", f"{BINFMTD} apply aarch64 --json",
+                   f"cat {BINFMT_MISC}/qemu-aarch64")
+    imported, bound, status, text, verify, apply, entry = steps
+    assert imported.rc == 0 and bound.rc == 0, imported.err + bound.err
+    report, = status.json()["entries"]
+    assert report["owner"] == "other" and report["qemu_version"] == emulators["new"]
+    assert report["emulator"]["version_of"] == "disk" and report["emulator"]["pinned"] is None
+    assert f"{emulators['new']} (on disk)" in text.out
+    result = verify.json()["results"][0]
+    assert result["ok"] and result["emulator"]["version"] == emulators["old"] and not result["emulator"]["current"]
+    assert f"the kernel ran QEMU {emulators['old']} from {OLD}, replaced on disk since" in verify.err
+    assert "re-register it with the tool that made it" in verify.err
+    assert [r["action"] for r in apply.json()["results"]] == ["skipped"]
+    assert "interpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P\n" in entry.out
+
+
 def test_a_no_op_apply_runs_no_emulator(ns, emulators):
     """The boot path: once an entry is pinned, apply compares stat() results and starts no
     process; only a registration asks QEMU its version (measured by recording every process
