@@ -233,6 +233,35 @@ def test_daemon_registers_an_emulator_that_appears_after_its_removal(ns, emulato
     assert "qemu-aarch64 removed (emulator" in text and "qemu-aarch64 registered (not registered)" in text
 
 
+def test_apt_hook_of_the_pip_install_re_pins_after_dpkg_and_prints_only_changes(ns, emulators):
+    """/etc/apt/apt.conf.d/80binfmtd (scripts/install, the Ansible role): its DPkg::Post-Invoke
+    command, run as apt runs it, with /usr/local/bin/binfmtd and /var/lib (binfmtd's default state)
+    replaced by tmpfs in this namespace."""
+    text = (ROOT / "packaging" / "apt" / "80binfmtd").read_text()
+    parsed = subprocess.run(["apt-config", "dump", "-c", str(ROOT / "packaging" / "apt" / "80binfmtd")],
+                            capture_output=True, text=True)
+    hook = next(line.split('"', 1)[1].rsplit('"', 1)[0] for line in parsed.stdout.splitlines()
+                if line.startswith("DPkg::Post-Invoke::") and "binfmtd" in line)
+    assert hook in text
+    wrapper = f"#!/bin/sh\nexec {BINFMTD} \"$@\"\n"
+    setup = (f"mount -t tmpfs none /usr/local/bin && printf '%s' {shlex.quote(wrapper)} > /usr/local/bin/binfmtd && "
+             "chmod 755 /usr/local/bin/binfmtd && mount -t tmpfs none /var/lib")
+    unset = "unset BINFMTD_STATE_DIR; "
+    steps = ns.run(setup, unset + hook, f"ls {BINFMT_MISC}", unset + f"{BINFMTD} apply", upgrade(emulators),
+                   unset + hook, unset + hook, env=emulators["env"])
+    _, unused, listing, _, _, upgraded, again = steps
+    assert unused.out == "" and "qemu-aarch64" not in listing.out  # binfmtd not in use: the hook does nothing
+    assert [line for line in upgraded.out.splitlines() if not line.startswith("binfmtd: warning:")] == [
+        f"aarch64  linux/arm64  replaced  pinned QEMU {emulators['old']} (replaced on disk by QEMU {emulators['new']}): "
+        "re-registered to use it"], upgraded.out + upgraded.err
+    assert [line for line in again.out.splitlines() if not line.startswith("binfmtd: warning:")] == [], again.out
+
+
+def test_install_script_rejects_an_unknown_qemu_source():
+    done = subprocess.run([str(ROOT / "scripts" / "install"), "--qemu", "sid"], capture_output=True, text=True)
+    assert done.returncode == 2 and "--qemu 'sid': expected debian or backports" in done.stderr
+
+
 # --- the Debian package and a real QEMU upgrade on the host --------------------------------------
 
 BACKPORTS_LIST = Path("/etc/apt/sources.list.d/binfmtd-test-bookworm-backports.list")
