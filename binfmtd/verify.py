@@ -93,15 +93,19 @@ def _full_pipe() -> tuple[int, int, int]:
     return read_fd, write_fd, filled
 
 
+CATCH_SECONDS = 5.0  # how long a probe may take to reach its first write before it is let go
+
+
 def _child_exe(pid: int) -> tuple[int, str] | None:
-    """The first child of `pid` and what it executes now, or None."""
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            children = f.read().split()
-        if children:
+    """The first child of `pid` and what it executes now, or None; OSError where the kernel does
+    not list children (CONFIG_PROC_CHILDREN) or hides them."""
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        children = f.read().split()
+    if children:
+        try:
             return int(children[0]), os.readlink(f"/proc/{children[0]}/exe")
-    except OSError:
-        pass
+        except FileNotFoundError:  # exited meanwhile
+            return None
     return None
 
 
@@ -125,8 +129,12 @@ def _run_catching_exe(argv: list[str], timeout: float, launchers: set[str]) -> t
     reader = threading.Thread(target=lambda: errors.append(proc.stderr.read()), daemon=True)
     reader.start()
     held, link, probe_pid = None, "", None
-    while held is None and proc.poll() is None and time.monotonic() < deadline:
-        found = _child_exe(proc.pid)
+    catch_until = min(deadline, start + CATCH_SECONDS)
+    while held is None and proc.poll() is None and time.monotonic() < catch_until:
+        try:
+            found = _child_exe(proc.pid)
+        except OSError:
+            break  # not visible here: the probe just runs, unobserved
         if found and found[1] not in launchers:
             probe_pid, link = found
             try:

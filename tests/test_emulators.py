@@ -19,8 +19,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from binfmtd.entry import escape
-from binfmtd.interpreters import qemu_version
+from binfmtd.entry import Entry, escape
+from binfmtd.facts import BinfmtMisc, Host, parse_kernel_release
+from binfmtd.interpreters import Interpreter, qemu_version
+from binfmtd.plan import Desired, plan_apply
 from binfmtd.state import Owned, State, format_state, parse_state
 from binfmtd.targets import BY_NAME
 
@@ -65,6 +67,38 @@ def test_state_round_trips_the_pinned_emulator():
     again = parse_state(format_state(state))
     assert again.entries["qemu-aarch64"].pinned == pinned and again.entries["qemu-arm"].pinned is None
     assert "pinned" not in json.loads(format_state(state))["entries"]["qemu-arm"]  # older readers see no change
+
+
+def plan_for(current: Entry | None, owned: Owned | None, on_disk: dict | None, flags: str = "POCF"):
+    """plan_apply for aarch64 alone (pure: the facts are given)."""
+    t = BY_NAME["aarch64"]
+    host = Host(parse_kernel_release("6.18.0"), "x86_64",
+                BinfmtMisc(BINFMT_MISC, True, True, "binfmt_misc", True, (current,) if current else ()), ())
+    interpreter = Interpreter(on_disk["path"], True, None, on_disk) if on_disk else Interpreter(None)
+    state = State({"qemu-aarch64": owned} if owned else {})
+    return plan_apply(Desired((t,), flags), host, {t.qemu: interpreter}, state).actions[0]
+
+
+def test_plan_re_registers_only_binfmtds_fixed_entries_whose_pinned_file_changed():
+    t = BY_NAME["aarch64"]
+    old = {"path": OLD, "dev": 1, "ino": 10, "size": 5, "mtime": 7, "version": "7.2.22"}
+    new = {**old, "ino": 11, "size": 6, "version": "10.0.2"}
+    entry = Entry("qemu-aarch64", OLD, "POCF", 0, t.magic, t.mask)
+    line = entry.register_line()
+    replaced = plan_for(entry, Owned(line, None, old), new)
+    assert (replaced.action, replaced.reason) == ("replaced", "pinned QEMU 7.2.22 (replaced on disk by QEMU 10.0.2): "
+                                                              "re-registered to use it")
+    assert replaced.pin == new and replaced.old == entry and replaced.new.register_line() == line
+    assert plan_for(entry, Owned(line, None, old), dict(old)).action == "unchanged"
+    # An older binfmtd's state has no pin: nothing to compare with, so no spurious re-registration.
+    assert plan_for(entry, Owned(line), new).action == "unchanged"
+    # Without F the kernel opens the path at every exec: a new file takes effect by itself.
+    no_f = Entry("qemu-aarch64", OLD, "POC", 0, t.magic, t.mask)
+    assert plan_for(no_f, Owned(no_f.register_line(), None, old), new, flags="POC").action == "unchanged"
+    # Another tool's entry is never re-registered (nor is its pin known).
+    assert plan_for(entry, None, new).reason == "already registered as desired (by another tool)"
+    gone = plan_for(entry, Owned(line, None, old), None)
+    assert (gone.action, gone.old) == ("removed", entry) and "it ran QEMU 7.2.22, now deleted" in gone.reason
 
 
 def test_replaced_emulator_is_drift_until_apply_re_pins_it(ns, emulators):
