@@ -24,7 +24,7 @@ from binfmtd.facts import BinfmtMisc, Host, parse_kernel_release
 from binfmtd.interpreters import Interpreter, qemu_version
 from binfmtd.plan import Desired, plan_apply
 from binfmtd.state import Owned, State, format_state, parse_state
-from binfmtd.targets import BY_NAME
+from binfmtd.targets import BY_NAME, TARGETS
 
 from conftest import BINFMT_MISC, BINFMTD, FOREIGN, ROOT, host_table, need
 
@@ -333,6 +333,17 @@ def state_dir_set_aside():
     finally:
         if moved and not state.exists():
             aside.rename(state)
+
+
+def test_deb_declares_a_file_trigger_for_every_emulator_path_binfmtd_registers():
+    need(shutil.which("dpkg-deb") is not None, "dpkg-deb is missing")
+    done = run([str(ROOT / "scripts" / "build-deb")], cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    triggers = run(["dpkg-deb", "-I", str(ROOT / done.stdout.strip()), "triggers"]).stdout
+    interests = {line.split()[1] for line in triggers.splitlines() if line.startswith("interest-noawait ")}
+    assert interests == {f"/usr/bin/qemu-{t.qemu}{suffix}" for t in TARGETS for suffix in ("", "-static")}
+    postinst = run(["dpkg-deb", "-I", str(ROOT / done.stdout.strip()), "postinst"]).stdout
+    assert '"$1" = "triggered"' in postinst and "binfmtd apply" in postinst
 
 
 def test_deb_trigger_re_pins_the_entries_when_qemu_is_upgraded_to_backports():
