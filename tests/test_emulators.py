@@ -366,6 +366,7 @@ def test_deb_trigger_re_pins_the_entries_when_qemu_is_upgraded_to_backports():
         before = {p.name for p in Path(BINFMT_MISC).iterdir()}
         need(not {f"qemu-{t}" for t in HOST_TARGETS} & before, "other tools registered these targets on this host")
         binfmts_before = binfmt_support_database()
+        archives_before = set(Path("/var/cache/apt/archives").glob("*.deb"))
         try:
             done = run(["apt-get", "install", "-y", str(deb)])
             assert done.returncode == 0, done.stdout + done.stderr
@@ -413,6 +414,8 @@ def test_deb_trigger_re_pins_the_entries_when_qemu_is_upgraded_to_backports():
                     print(f"restoring /var/lib/binfmts/{name}")
                     Path("/var/lib/binfmts", name).write_bytes(text)
             run(["apt-get", "purge", "-y", "binfmtd"])
+            for downloaded in set(Path("/var/cache/apt/archives").glob("*.deb")) - archives_before:
+                downloaded.unlink()  # the backports packages apt fetched
             for name in {p.name for p in Path(BINFMT_MISC).iterdir()} - before:
                 Path(BINFMT_MISC, name).write_text("-1")
         assert restored, done.stdout + done.stderr
