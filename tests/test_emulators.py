@@ -414,7 +414,7 @@ def test_deb_trigger_re_pins_the_entries_when_qemu_is_upgraded_to_backports():
                     print(f"restoring /var/lib/binfmts/{name}")
                     Path("/var/lib/binfmts", name).write_bytes(text)
             run(["apt-get", "purge", "-y", "binfmtd"])
-            for downloaded in set(Path("/var/cache/apt/archives").glob("*.deb")) - archives_before:
+            for downloaded in set(Path("/var/cache/apt/archives").glob("*bpo12*.deb")) - archives_before:
                 downloaded.unlink()  # the backports packages apt fetched
             for name in {p.name for p in Path(BINFMT_MISC).iterdir()} - before:
                 Path(BINFMT_MISC, name).write_text("-1")
