@@ -155,6 +155,12 @@ def qemu_version(path: str, timeout: float = 5.0, pass_fds: tuple[int, ...] = ()
 _versions: dict[tuple, str | None] = {}
 
 
+def looks_like_qemu(path: str) -> bool:
+    """Only QEMU is asked its version: an entry's interpreter may be anything (FEX, box64, a
+    script), and `--version` means nothing to some of them."""
+    return os.path.basename(path).startswith("qemu-")
+
+
 def file_key(identity: dict | None) -> tuple | None:
     return (identity["dev"], identity["ino"], identity["size"], identity["mtime"]) if identity else None
 
@@ -178,7 +184,7 @@ def emulator_identity(path: str, version: bool = True, known: tuple[dict, ...] =
         if other and file_key(other) == key and other.get("version"):
             identity["version"] = other["version"]
             return identity
-    if version:
+    if version and looks_like_qemu(identity["path"]):
         if key not in _versions:  # the real file: Debian's <target>-binfmt-P links make QEMU read argv differently
             _versions[key] = qemu_version(identity["path"])
         identity["version"] = _versions[key]
@@ -191,7 +197,8 @@ def add_versions(identities: list[dict | None], known: tuple[dict, ...] = ()) ->
     missing = [i for i in identities if i and not i.get("version")]
     for identity in missing:
         identity["version"] = next((k["version"] for k in known if same_file(k, identity) and k.get("version")), None)
-    todo = {file_key(i): i["path"] for i in missing if not i["version"] and file_key(i) not in _versions}
+    todo = {file_key(i): i["path"] for i in missing
+            if not i["version"] and file_key(i) not in _versions and looks_like_qemu(i["path"])}
     if todo:
         from concurrent.futures import ThreadPoolExecutor  # only when a process is needed: not on a no-op
 
@@ -214,7 +221,7 @@ def identity_of_open_file(fd: int, path: str, version: bool = True, known: tuple
                 "version": None}
     key = file_key(identity)
     identity["version"] = next((k["version"] for k in known if k and file_key(k) == key and k.get("version")), None)
-    if identity["version"] is None and version:
+    if identity["version"] is None and version and looks_like_qemu(path):
         if key not in _versions:
             _versions[key] = qemu_version(f"/proc/self/fd/{fd}", pass_fds=(fd,))
         identity["version"] = _versions[key]
