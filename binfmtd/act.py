@@ -167,7 +167,7 @@ def _intent(action: Action, state: State) -> Intent:
     else:
         replaced, replaced_enabled = None, True
     line = action.new.register_line()
-    return Intent(before, before_enabled, line, True, Owned(line, replaced, replaced_enabled))
+    return Intent(before, before_enabled, line, True, Owned(line, replaced, replaced_enabled, action.pin))
 
 
 def _execute_action(action: Action, path: str, kernel: Kernel) -> None:

@@ -76,11 +76,14 @@ def status(as_json: bool = JsonOpt,
         state = ("mounted, " + ("enabled" if misc["enabled"] else "DISABLED")) if misc["mounted"] else "NOT MOUNTED"
         print(f"binfmt_misc: {misc['path']} {state} ({where})")
         if result["entries"]:
-            rows = [["NAME", "TARGET", "PLATFORM", "STATE", "FLAGS", "OWNER", "INTERPRETER"]]
+            rows = [["NAME", "TARGET", "PLATFORM", "STATE", "FLAGS", "OWNER", "QEMU", "INTERPRETER"]]
             rows += [[e["name"], e["target"] or "-", e["platform"] or "-",  # printable: a newline in a
                       "enabled" if e["enabled"] else "disabled", e["flags"] or "-",  # path must not split a row
-                      e["owner"], printable(e["interpreter"])] for e in result["entries"]]
+                      e["owner"], _shown_version(e), printable(e["interpreter"])] for e in result["entries"]]
             table(rows)
+            for e in result["entries"]:  # an emulator replaced or removed on disk since registration
+                if e["emulator"]["drift"]:
+                    say("warning", f"{e['name']}: {e['emulator']['note']}")
         else:
             print("no entries registered")
     def produce() -> dict:
@@ -89,6 +92,14 @@ def status(as_json: bool = JsonOpt,
             say("warning", warning)
         return result
     _exit(finish(produce, as_json, render))
+
+
+def _shown_version(entry: dict) -> str:
+    """The QEMU an entry runs; `(on disk)` where only the file on disk is known: another tool's F
+    entry may still run an older file it pinned (binfmtd verify shows which)."""
+    version = entry["qemu_version"] or "-"
+    unsure = entry["emulator"]["version_of"] == "disk" and "F" in entry["flags"]
+    return f"{version} (on disk)" if unsure and entry["qemu_version"] else version
 
 
 @app.command("check")
@@ -141,9 +152,9 @@ def verify_cmd(targets: Optional[List[str]] = TargetsArg,
         return report
 
     def render(report) -> None:
-        rows = [["TARGET", "PLATFORM", "RESULT", "MACHINE", "SECONDS"]]
+        rows = [["TARGET", "PLATFORM", "RESULT", "MACHINE", "SECONDS", "QEMU"]]
         rows += [[r["target"], r["platform"] or "-", "ok" if r["ok"] else "FAILED", r["machine"] or "-",
-                  f"{r['seconds']:.2f}"] for r in report.results]
+                  f"{r['seconds']:.2f}", (r["emulator"] or {}).get("version") or "-"] for r in report.results]
         print(f"engine: {report.engine}")
         table(rows)
         for r in report.results:

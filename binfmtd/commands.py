@@ -12,7 +12,7 @@ from binfmtd import facts
 from binfmtd.config import Config, load_config
 from binfmtd.entry import Entry, flags_problem, normalize_flags
 from binfmtd.errors import BinfmtdError, HostUnsupported, UsageError
-from binfmtd.interpreters import DEFAULT_INTERPRETER_DIRS, Interpreter, read_interpreter, safety_problem
+from binfmtd.interpreters import DEFAULT_INTERPRETER_DIRS, Interpreter, add_versions, read_interpreter, safety_problem
 from binfmtd.native import read_native
 from binfmtd.plan import Desired, Plan, plan_apply, plan_remove
 from binfmtd.state import State, load_state, locked, reconcile, state_dir_from_env
@@ -98,8 +98,19 @@ def _require_root_and_kernel(kernel: facts.Kernel) -> None:
         raise HostUnsupported("binfmt_misc can only be changed by root; run it with sudo")
 
 
-def _read_interpreters(targets, native, dirs) -> dict[str, Interpreter]:
-    return {t.qemu: read_interpreter(t.qemu, dirs) for t in targets if t.name not in native}
+def _read_interpreters(targets, native, dirs, host: facts.Host | None = None,
+                       state: State | None = None) -> dict[str, Interpreter]:
+    """With `host` and `state`: the QEMU version too, where binfmtd may register (no entry yet,
+    or binfmtd's own); a file the state already pinned costs no process (the boot path's no-op)."""
+    def wants_version(t: Target) -> bool:
+        current = host.binfmt_misc.entry(t.entry_name) if host else None
+        return state is not None and (current is None or state.owns(current))
+    interpreters = {t.qemu: read_interpreter(t.qemu, dirs) for t in targets if t.name not in native}
+    if state is not None:
+        add_versions([interpreters[t.qemu].identity for t in targets if t.qemu in interpreters and wants_version(t)
+                      and interpreters[t.qemu].problem is None],
+                     tuple(o.pinned for o in state.entries.values() if o.pinned))
+    return interpreters
 
 
 def _report(plan: Plan, check: bool, errors: list[tuple[str, str]]) -> ChangeReport:
@@ -128,7 +139,7 @@ def apply(names=(), all_targets=False, flags: str | None = None, force=False, ch
     def plan_now(host: facts.Host, state: State) -> Plan:
         targets, explicit = desired_targets(names, all_targets, config, host.native)
         desired = Desired(targets, normalize_flags(flags), explicit, force, frozenset(reclaim), flags_chosen)
-        return plan_apply(desired, host, _read_interpreters(targets, host.native, dirs), state)
+        return plan_apply(desired, host, _read_interpreters(targets, host.native, dirs, host, state), state)
 
     if check:
         host = facts.read_host(path, read_native(state_dir, remember=False)[0])
@@ -234,6 +245,7 @@ def status(binfmt_misc: str | None = None, state_dir: str | None = None) -> dict
     except BinfmtdError as exc:
         state = State()
         warnings.append(f"{exc} (owners below are unknown and shown as other)")
+    emulators = read_emulators(table.entries, state)
     entries = []
     for entry in table.entries:
         target = facts.target_of_entry(entry)
@@ -243,10 +255,51 @@ def status(binfmt_misc: str | None = None, state_dir: str | None = None) -> dict
             "mask": entry.mask.hex() or None, "target": target.name if target else None,
             "platform": target.platform if target else None,
             "owner": "binfmtd" if state.owns(entry) else "other",
+            **emulator_of(entry, state.owns(entry), *emulators[entry.name]),
         })
     return {"binfmt_misc": {"path": path, "mounted": table.mounted, "enabled": table.enabled,
                             "private": table.private},
             "entries": entries, "warnings": warnings}
+
+
+def read_emulators(entries, state: State) -> dict[str, tuple[dict | None, dict | None]]:
+    """Per entry: the emulator file it pinned (binfmtd's own F entries: the state's pin) and the
+    file at its interpreter path now, with QEMU versions (asked in parallel, never of a file
+    binfmtd would not trust, nor of a non-QEMU entry's interpreter)."""
+    from binfmtd.interpreters import emulator_identity, safety_problem
+
+    found = {}
+    for entry in entries:
+        owned = state.entries.get(entry.name) if state.owns(entry) else None
+        pinned = owned.pinned if owned and "F" in entry.flags else None
+        found[entry.name] = (pinned, emulator_identity(entry.interpreter, version=False))
+    pins = tuple(o.pinned for o in state.entries.values() if o.pinned)
+    add_versions([disk for e in entries if (disk := found[e.name][1]) and facts.target_of_entry(e)
+                  and safety_problem(e.interpreter) is None], pins)
+    return found
+
+
+def emulator_of(entry: Entry, owned: bool, pinned: dict | None, on_disk: dict | None) -> dict:
+    """Which QEMU an entry runs and whether that is still the file on disk. With F the kernel
+    pinned a file at registration: binfmtd knows which for its own entries (`pinned`); for other
+    tools' entries only the file on disk now is known (verify sees what really runs)."""
+    from binfmtd.interpreters import describe_version, same_file
+
+    drift = note = None
+    if "F" in entry.flags and entry.enabled and on_disk is None:
+        drift = "removed"
+        note = (f"emulator {entry.interpreter} is gone from disk; the entry still runs the file it pinned"
+                + (f" ({describe_version(pinned)})" if pinned else "")
+                + ("; binfmtd apply removes it" if owned else "; reinstall QEMU or remove the entry "
+                   "(it is not binfmtd's)"))
+    elif pinned and not same_file(pinned, on_disk):
+        drift = "replaced"
+        note = (f"pinned {describe_version(pinned)} (replaced on disk by {describe_version(on_disk)}): "
+                "re-register to use it (binfmtd apply)")
+    version = (pinned or on_disk or {}).get("version")
+    return {"qemu_version": version,
+            "emulator": {"pinned": pinned, "on_disk": on_disk, "drift": drift, "note": note,
+                         "version_of": "pinned" if pinned else "disk" if version else None}}
 
 
 def check(names=(), config_file: str | None = None, binfmt_misc: str | None = None) -> dict:
@@ -291,6 +344,7 @@ def check(names=(), config_file: str | None = None, binfmt_misc: str | None = No
         add("config", False, str(exc), "correct the file as the message says")
     targets, _ = desired_targets(names, False, config, host.native)
     dirs = (config and config.interpreter_dirs) or DEFAULT_INTERPRETER_DIRS
+    state = load_state(state_dir)
     for target in targets:
         if target.name in host.native:
             add(f"interpreter:{target.name}", True, f"native on this {host.machine} host; no entry needed")
@@ -301,6 +355,16 @@ def check(names=(), config_file: str | None = None, binfmt_misc: str | None = No
         else:
             version = qemu_version(interp.resolved)  # root alone controls it: safe to run
             add(f"interpreter:{target.name}", True, f"{interp.shown}, static, safe, QEMU {version or '?'}")
+        if entry := table.entry(target.entry_name):
+            owned = state.owns(entry)
+            emulator = emulator_of(entry, owned, *read_emulators([entry], state)[entry.name])["emulator"]
+            if emulator["drift"]:
+                add(f"emulator:{target.name}", False, f"{entry.name}: {emulator['note']}",
+                    f"binfmtd apply {target.name}" if owned else
+                    f"re-register {entry.name} with the tool that made it, or take it over: binfmtd apply --force {target.name}")
+            elif emulator["pinned"]:
+                add(f"emulator:{target.name}", True, f"{entry.name} runs the file it pinned, still the one on disk "
+                    f"({emulator['pinned']['path']}, QEMU {emulator['pinned'].get('version') or '?'})")
     return {"ok": all(c["ok"] for c in checks), "checks": checks}
 
 

@@ -41,8 +41,18 @@ from binfmtd import commands, facts
 from binfmtd.config import Config, load_config
 from binfmtd.entry import Entry, parse_entry
 from binfmtd.errors import EXIT_OK, EXIT_USAGE, BinfmtdError, HostUnsupported, UsageError
-from binfmtd.state import (BOOT_FILE, READY_FILE, State, load_state, open_state_dir, read_record, state_dir_from_env,
-                           touch_record, write_record)
+from binfmtd.interpreters import DEFAULT_INTERPRETER_DIRS
+from binfmtd.state import (
+    BOOT_FILE,
+    READY_FILE,
+    State,
+    load_state,
+    open_state_dir,
+    read_record,
+    state_dir_from_env,
+    touch_record,
+    write_record,
+)
 from binfmtd.targets import lookup
 
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
@@ -148,9 +158,28 @@ class Table:
     mounted: bool
     status: str = ""  # "enabled" / "disabled"
     entries: tuple[tuple[str, str], ...] = ()  # (name, entry file text)
+    # The emulators' files and directories on disk, stat()ed: an upgrade renames a new QEMU over an
+    # F entry's pinned file (plan re-registers it), removes one, or adds one to a directory.
+    emulators: tuple[tuple[str, tuple | None], ...] = ()
 
 
-def read_table(path: str) -> Table:
+def stamp_emulators(entries: tuple[tuple[str, str], ...], dirs: tuple[str, ...]) -> tuple:
+    """(path, stat stamp or None) of each entry's interpreter and each interpreter directory."""
+    paths = [line.partition(" ")[2] for _, text in entries for line in text.splitlines()
+             if line.startswith("interpreter ")]
+    stamps = []
+    for path in sorted(set(paths)) + list(dirs):
+        try:
+            st = os.stat(path)
+            stamps.append((path, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)))
+        except OSError:
+            stamps.append((path, None))
+    return tuple(stamps)
+
+
+def read_table(path: str, interpreter_dirs: tuple[str, ...] = (), dir_stamps: tuple | None = None) -> Table:
+    """What the kernel shows, with the emulators' stamps; `dir_stamps` are the directories' stamps
+    taken earlier (before an apply, so that an emulator added while it ran still counts)."""
     mounted = (facts.parse_mount_type(facts.read_text("/proc/self/mountinfo"), path) == "binfmt_misc"
                and os.path.exists(os.path.join(path, "register")))
     if not mounted:
@@ -167,7 +196,9 @@ def read_table(path: str) -> Table:
                     entries.append((name, f.read()))
             except OSError:  # removed between listdir and open
                 continue
-    return Table(True, facts.read_text(os.path.join(path, "status")).strip(), tuple(entries))
+    dirs = dir_stamps if dir_stamps is not None else stamp_emulators((), interpreter_dirs)
+    return Table(True, facts.read_text(os.path.join(path, "status")).strip(), tuple(entries),
+                 stamp_emulators(tuple(entries), ()) + dirs)
 
 
 @dataclass
@@ -183,6 +214,7 @@ class Watch:
     # entry texts found as desired: the same text again is one string comparison, not a parse
     # and two realpath() calls (half of an idle tick's CPU with 30 entries)
     verified: dict[str, str] = field(default_factory=dict)
+    emulators: tuple = ()  # the emulators' stamps after the apply: a file replaced since is drift
 
 
 def watch_from_report(report: commands.ChangeReport, state: State, status: str) -> Watch:
@@ -223,6 +255,11 @@ def find_drift(table: Table, watch: Watch, path: str) -> Drift:
         return drift
     if table.status != watch.status:
         drift.changes.append(f"binfmt_misc was {table.status or 'made unreadable'} as a whole")
+    if table.emulators != watch.emulators:  # plan decides whether an entry must be re-pinned
+        old = dict(watch.emulators)
+        drift.changes += [f"{file} was {'removed' if stamp is None else 'changed'} on disk"
+                          for file, stamp in table.emulators if file in old and old[file] != stamp]
+        drift.repair = True
     kernel = dict(table.entries)
     for name in sorted(watch.entries.keys() | watch.held):
         text = kernel.get(name)
@@ -351,11 +388,15 @@ class Daemon:
         self.status = ""
         self.ready = False  # STATUS= goes out with READY=1 first
 
+    def interpreter_dirs(self) -> tuple[str, ...]:
+        return tuple(self.settings.interpreter_dirs or DEFAULT_INTERPRETER_DIRS)
+
     def apply(self, why: str, reclaim=()) -> int | None:
         """Remove the dropped targets and apply the config in force, then take the desired state
         from the result; an exit code if the host cannot do it at all. Problems are logged when
         they appear, not on every retry. `reclaim`: binfmtd's entries someone changed."""
         started = time.monotonic()
+        dir_stamps = stamp_emulators((), self.interpreter_dirs())  # before: a change during the apply counts
         try:
             # a short lock wait: a long one would starve the watchdog pings
             removed = self._remove_dropped()
@@ -372,8 +413,9 @@ class Daemon:
             self._set_status(f"apply failed, retry in {self.retry_delay:g}s: {exc}")
             return None
         self.failed = False
-        table = read_table(self.path)
+        table = read_table(self.path, self.interpreter_dirs(), dir_stamps)
         self.watch = watch_from_report(report, self._state(), table.status)
+        self.watch.emulators = table.emulators
         elapsed = (time.monotonic() - started) * 1000
         changed = [r for r in report.results if r["action"] not in ("unchanged", "skipped")]
         for r in changed:
@@ -491,7 +533,7 @@ class Daemon:
         if that finds something to repair. No probe, no subprocess, no state file."""
         if self.failed:
             return None  # the scheduled retry re-reads everything
-        table = read_table(self.path)
+        table = read_table(self.path, self.interpreter_dirs())
         drift = find_drift(table, self.watch, self.path)
         if not drift.changes:
             self.mark_ready()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import stat
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from binfmtd.entry import interpreter_text_problem, printable
 from binfmtd.trust import UntrustedPath, resolve_trusted
@@ -29,6 +29,7 @@ class Interpreter:
     fix: str | None = None  # what to do about the problem
     resolved: str | None = None  # what binfmtd registers: no symlinks left, every component root's
     banner: str | None = None  # QEMU's version line, as stored in the file
+    identity: dict | None = None  # which file it is now (emulator_identity): what an F entry would pin
 
     @property
     def usable(self) -> bool:
@@ -75,7 +76,10 @@ def read_interpreter(qemu: str, dirs: tuple[str, ...] = DEFAULT_INTERPRETER_DIRS
     path = find_interpreter(qemu, dirs)
     if path is None:
         return Interpreter(None, problem=f"qemu-{qemu}-static not found in {':'.join(dirs)}", fix=INSTALL_FIX)
-    return judge_interpreter(path)
+    judged = judge_interpreter(path)
+    if judged.problem is None:  # stat only; add_versions asks the QEMU version when it is needed
+        judged = replace(judged, identity=emulator_identity(judged.resolved, version=False))
+    return judged
 
 
 def judge_interpreter(path: str) -> Interpreter:
@@ -242,14 +246,99 @@ def parse_elf_section(header: bytes, read_at, name: bytes) -> tuple[int, int] | 
     return None
 
 
-def qemu_version(path: str, timeout: float = 5.0) -> str | None:
+def qemu_version(path: str, timeout: float = 5.0, pass_fds: tuple[int, ...] = ()) -> str | None:
     """`qemu-x --version`'s version number (for `check`; never on the apply path)."""
     import subprocess
 
     try:
-        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=timeout).stdout
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=timeout,
+                             pass_fds=pass_fds).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     first = out.splitlines()[0] if out else ""
     words = first.split()
     return words[words.index("version") + 1] if "version" in words[:-1] else (first or None)
+
+
+# -- which file an emulator is ------------------------------------------------------------------
+# With F the kernel opens the emulator at registration and keeps that very file (inode) for the
+# entry's lifetime: a package upgrade renames a new file over the path and the entry goes on
+# running the old one. So binfmtd records the file it registered (device, inode, size, mtime:
+# a rename or an in-place rewrite changes one of them) and the QEMU version it reports, and
+# compares that with the path now. stat() costs a microsecond; `--version` costs a process
+# (20-30 ms), so it runs only for a file no known identity describes, once per file and process.
+
+_versions: dict[tuple, str | None] = {}
+
+
+def looks_like_qemu(path: str) -> bool:
+    """Only QEMU is asked its version: an entry's interpreter may be anything (FEX, box64, a
+    script), and `--version` means nothing to some of them."""
+    return os.path.basename(path).startswith("qemu-")
+
+
+def file_key(identity: dict | None) -> tuple | None:
+    return (identity["dev"], identity["ino"], identity["size"], identity["mtime"]) if identity else None
+
+
+def same_file(a: dict | None, b: dict | None) -> bool:
+    return a is not None and b is not None and file_key(a) == file_key(b)
+
+
+def emulator_identity(path: str, version: bool = True, known: tuple[dict, ...] = ()) -> dict | None:
+    """Which file `path` is now (symlinks followed, as the kernel's open follows them):
+    {"path", "dev", "ino", "size", "mtime", "version"}, or None when nothing is there. The
+    version comes from a known identity of the same file, else from running it (with `version`)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    identity = {"path": os.path.realpath(path), "dev": st.st_dev, "ino": st.st_ino, "size": st.st_size,
+                "mtime": st.st_mtime_ns, "version": None}
+    key = file_key(identity)
+    for other in known:
+        if other and file_key(other) == key and other.get("version"):
+            identity["version"] = other["version"]
+            return identity
+    if version and looks_like_qemu(identity["path"]):
+        if key not in _versions:  # the real file: Debian's <target>-binfmt-P links make QEMU read argv differently
+            _versions[key] = qemu_version(identity["path"])
+        identity["version"] = _versions[key]
+    return identity
+
+
+def add_versions(identities: list[dict | None], known: tuple[dict, ...] = ()) -> None:
+    """Fill in each identity's version (in place): from a known identity of the same file, else by
+    running the files, in parallel (a first `apply --all` asks some thirty emulators at once)."""
+    missing = [i for i in identities if i and not i.get("version")]
+    for identity in missing:
+        identity["version"] = next((k["version"] for k in known if same_file(k, identity) and k.get("version")), None)
+    todo = {file_key(i): i["path"] for i in missing
+            if not i["version"] and file_key(i) not in _versions and looks_like_qemu(i["path"])}
+    if todo:
+        from concurrent.futures import ThreadPoolExecutor  # only when a process is needed: not on a no-op
+
+        with ThreadPoolExecutor(max_workers=min(8, len(todo))) as pool:
+            _versions.update(zip(todo, pool.map(qemu_version, todo.values())))
+    for identity in missing:
+        identity["version"] = identity["version"] or _versions.get(file_key(identity))
+
+
+def describe_version(identity: dict | None) -> str:
+    """`QEMU 7.2.22` for messages."""
+    return f"QEMU {identity.get('version') or '(version unknown)'}" if identity else "no emulator"
+
+
+def identity_of_open_file(fd: int, path: str, version: bool = True, known: tuple[dict, ...] = ()) -> dict:
+    """emulator_identity of a file held open (e.g. /proc/PID/exe of a probe: the file the kernel
+    really ran, deleted from disk or not); its version by running that very file."""
+    st = os.fstat(fd)
+    identity = {"path": path, "dev": st.st_dev, "ino": st.st_ino, "size": st.st_size, "mtime": st.st_mtime_ns,
+                "version": None}
+    key = file_key(identity)
+    identity["version"] = next((k["version"] for k in known if k and file_key(k) == key and k.get("version")), None)
+    if identity["version"] is None and version and looks_like_qemu(path):
+        if key not in _versions:
+            _versions[key] = qemu_version(f"/proc/self/fd/{fd}", pass_fds=(fd,))
+        identity["version"] = _versions[key]
+    return identity

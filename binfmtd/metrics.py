@@ -64,6 +64,11 @@ def prometheus_text(binfmt_misc: str | None = None, state_dir: str | None = None
         enabled.append((labels, int(bool(entry and entry["enabled"]))))
     gauge("binfmtd_entry_registered", "Whether binfmt_misc has the target's qemu-<target> entry.", registered)
     gauge("binfmtd_entry_enabled", "Whether the target's entry is registered and enabled.", enabled)
+    gauge("binfmtd_entry_info", "The target's entry: who owns it, the QEMU version it runs and its emulator's "
+          "drift (replaced or removed on disk since registration; empty: none).",
+          [(_labels(target=t.name, platform=t.platform, owner=e["owner"], qemu_version=e["qemu_version"],
+                    drift=e["emulator"]["drift"]), 1)
+           for t in TARGETS if (e := by_target.get(t.name))])
     results = verified.get("results", {})
     gauge("binfmtd_target_verified", "Whether the target's probe passed in the last binfmtd verify.",
           [(_labels(target=name, platform=target.platform), int(ok))

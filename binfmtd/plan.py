@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 
 from binfmtd.entry import Entry, normalize_flags, parse_register_line
 from binfmtd.facts import Host
-from binfmtd.interpreters import Interpreter
+from binfmtd.interpreters import Interpreter, describe_version, same_file
 from binfmtd.state import State
 from binfmtd.targets import Target
 
@@ -39,6 +39,7 @@ class Action:
     take_over: Entry | None = None  # a foreign entry --force replaces: remembered for restore
     error: str | None = None  # planned failure: nothing is done for this target
     forget: bool = False  # no entry in the kernel: drop binfmtd's record of it (remove)
+    pin: dict | None = None  # the emulator file `new` makes the kernel open (recorded once registered)
 
     @property
     def changes(self) -> bool:
@@ -93,7 +94,12 @@ def _plan_target(target: Target, flags: str, desired: Desired, host: Host,
                       flags=flags)
     # The interpreter's verdict is interpreters.read_interpreter's alone (check shows the same).
     if interpreter.path is None:
+        if current is not None and state.owns(current):
+            return _remove_vanished(target, current, state)
         reason = f"no interpreter: {interpreter.problem}; {interpreter.fix}"
+        if current is not None and current.enabled and "F" in current.flags:
+            reason += (f"; entry {name} (not binfmtd's) keeps running the emulator it pinned at registration, "
+                       "removed from disk since")
         return Action(target, SKIPPED, reason, flags=flags, error=reason if desired.explicit else None)
     base = Action(target, UNCHANGED, "", interpreter.resolved or interpreter.path, flags)
     if interpreter.problem:
@@ -104,12 +110,18 @@ def _plan_target(target: Target, flags: str, desired: Desired, host: Host,
     if problem := new.problem(host.kernel.magic_size_limit):
         base.action, base.reason, base.error = SKIPPED, problem, problem
         return base
-    base.new = new
+    base.new, base.pin = new, interpreter.identity
     if current is None:
         base.action, base.reason = REGISTERED, "not registered"
         return base
     ours = state.owns(current) or name in desired.reclaim
     if current.same_registration(new) and current.enabled:
+        pinned = state.entries[name].pinned if ours else None
+        if pinned and "F" in current.flags and not same_file(pinned, interpreter.identity):
+            base.action, base.old = REPLACED, current
+            base.reason = (f"pinned {describe_version(pinned)} (replaced on disk by "
+                           f"{describe_version(interpreter.identity)}): re-registered to use it")
+            return base
         base.new = None
         base.reason = "registered by binfmtd, as desired" if ours else "already registered as desired (by another tool)"
         return base
@@ -127,6 +139,15 @@ def _plan_target(target: Target, flags: str, desired: Desired, host: Host,
         base.take_over = current
         base.reason += "; taken over from another tool (--force), kept for restore on remove"
     return base
+
+
+def _remove_vanished(target: Target, current: Entry, state: State) -> Action:
+    """binfmtd's entry whose emulator is gone from disk (QEMU removed or a target dropped by
+    an upgrade): removed, not left pinned to a deleted file (F) or pointing at nothing."""
+    pinned = state.entries[current.name].pinned
+    held = f"; it ran {describe_version(pinned)}, now deleted" if pinned and "F" in current.flags else ""
+    return Action(target, REMOVED, f"emulator {current.interpreter} is gone from disk{held}: entry removed",
+                  current.interpreter, current.flags, old=current)
 
 
 def _differences(current: Entry, new: Entry) -> list[str]:

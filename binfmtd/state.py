@@ -163,6 +163,7 @@ class Owned:
     line: str  # the register line binfmtd wrote
     replaced: str | None = None  # the foreign entry --force took over, to put back on remove
     replaced_enabled: bool = True  # and whether it was enabled, so it comes back exactly
+    pinned: dict | None = None  # the emulator file registered (interpreters.emulator_identity)
 
 
 @dataclass
@@ -250,7 +251,17 @@ def parse_state(text: str | bytes) -> State:
 def _owned(name: str, item) -> Owned:
     _require(isinstance(item, dict), f"entry {name!r} is not an object")
     return Owned(_line(name, item.get("line")), _line(name, item.get("replaced"), optional=True),
-                 _flag(item, "replaced_enabled"))
+                 _flag(item, "replaced_enabled"), _pinned(name, item.get("pinned")))
+
+
+def _pinned(name: str, pinned) -> dict | None:
+    if pinned is None:
+        return None
+    _require(isinstance(pinned, dict) and isinstance(pinned.get("path"), str)
+             and all(isinstance(pinned.get(k), int) and not isinstance(pinned.get(k), bool)
+                     for k in ("dev", "ino", "size", "mtime"))
+             and isinstance(pinned.get("version"), (str, type(None))), f"{name!r}: pinned emulator is malformed")
+    return pinned
 
 
 def _line(name: str, line, optional: bool = False) -> str | None:
@@ -280,7 +291,8 @@ def _require(condition: bool, why: str) -> None:
 
 def format_state(state: State) -> str:
     def owned(o: Owned) -> dict:
-        return {"line": o.line, "replaced": o.replaced, "replaced_enabled": o.replaced_enabled}
+        return {"line": o.line, "replaced": o.replaced, "replaced_enabled": o.replaced_enabled,
+                **({"pinned": o.pinned} if o.pinned else {})}
     intents = {name: {"before": i.before, "before_enabled": i.before_enabled, "after": i.after,
                       "after_enabled": i.after_enabled, "record": owned(i.record) if i.record else None}
                for name, i in sorted(state.intents.items())}

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from binfmtd import facts
 from binfmtd.config import load_config
 from binfmtd.errors import HostUnsupported, UsageError
-from binfmtd.interpreters import DEFAULT_INTERPRETER_DIRS, qemu_version, read_interpreter
+from binfmtd.interpreters import (DEFAULT_INTERPRETER_DIRS, describe_version, emulator_identity,
+                                  identity_of_open_file, qemu_version, read_interpreter, same_file)
 from binfmtd.native import read_native
 from binfmtd.probes import EXPECTED_MACHINE, build_probe, parse_probe_output
 from binfmtd.targets import Target
@@ -55,6 +56,7 @@ class ProbeRun:
     stdout: str
     stderr: str
     seconds: float
+    ran: dict | None = None  # the file the kernel ran for the probe (/proc/PID/exe), where seen
 
     @property
     def exec_errno(self) -> int | None:
@@ -73,6 +75,100 @@ def _run(argv: list[str], timeout: float, stdin: bytes | None = None) -> ProbeRu
                         (exc.stderr or b"").decode(errors="replace"), time.monotonic() - start)
     return ProbeRun(done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace"),
                     time.monotonic() - start)
+
+
+def _full_pipe() -> tuple[int, int, int]:
+    """A pipe filled to the last byte: a program given its write end as stdout blocks in its
+    first write until the reader drains it. (read end, write end, bytes of filler)."""
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+    os.set_blocking(write_fd, False)
+    filled = 0
+    for chunk in (b"\0" * 65536, b"\0"):  # big writes, then single bytes for the last page's room
+        try:
+            while True:
+                filled += os.write(write_fd, chunk)
+        except BlockingIOError:
+            pass
+    os.set_blocking(write_fd, True)  # the probe must block, not get EAGAIN
+    return read_fd, write_fd, filled
+
+
+CATCH_SECONDS = 5.0  # how long a probe may take to reach its first write before it is let go
+
+
+def _child_exe(pid: int) -> tuple[int, str] | None:
+    """The first child of `pid` and what it executes now, or None; OSError where the kernel does
+    not list children (CONFIG_PROC_CHILDREN) or hides them."""
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        children = f.read().split()
+    if children:
+        try:
+            return int(children[0]), os.readlink(f"/proc/{children[0]}/exe")
+        except FileNotFoundError:  # exited meanwhile
+            return None
+    return None
+
+
+def _run_catching_exe(argv: list[str], timeout: float, launchers: set[str]) -> tuple[ProbeRun, int | None, str]:
+    """Run the sandbox's probe with its stdout a full pipe, so it stops at its first write; meanwhile
+    open /proc/PID/exe of the process (unshare's child once it no longer executes one of
+    `launchers`): with binfmt_misc that is the interpreter the kernel ran, for an F entry the
+    file pinned at registration, readable even when deleted from disk since. Then drain and
+    collect. Returns the run, that file held open (or None) and its /proc path's text."""
+    import select
+    import threading
+
+    start = time.monotonic()
+    deadline = start + timeout
+    read_fd, write_fd, filled = _full_pipe()
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=write_fd, stderr=subprocess.PIPE)
+    finally:
+        os.close(write_fd)
+    errors: list[bytes] = []
+    reader = threading.Thread(target=lambda: errors.append(proc.stderr.read()), daemon=True)
+    reader.start()
+    held, link, probe_pid = None, "", None
+    catch_until = min(deadline, start + CATCH_SECONDS)
+    while held is None and proc.poll() is None and time.monotonic() < catch_until:
+        try:
+            found = _child_exe(proc.pid)
+        except OSError:
+            break  # not visible here: the probe just runs, unobserved
+        if found and found[1] not in launchers:
+            probe_pid, link = found
+            try:
+                held = os.open(f"/proc/{probe_pid}/exe", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                break  # exited meanwhile: nothing to hold
+        else:
+            time.sleep(0.001)
+    out, timed_out = bytearray(), False
+    try:
+        while True:
+            ready, _, _ = select.select([read_fd], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                timed_out = True
+                break
+            data = os.read(read_fd, 65536)
+            if not data:
+                break
+            out += data
+    finally:
+        if timed_out:
+            for pid in filter(None, (probe_pid, proc.pid)):
+                try:
+                    os.kill(pid, 9)
+                except OSError:
+                    pass
+        os.close(read_fd)
+        proc.wait()
+        reader.join(5)
+    seconds = time.monotonic() - start
+    text = bytes(out[filled:]).decode(errors="replace")
+    run = ProbeRun(None if timed_out else proc.returncode, text,
+                   b"".join(errors).decode(errors="replace"), seconds)
+    return run, held, link
 
 
 class Sandbox:
@@ -101,8 +197,19 @@ class Sandbox:
         with open(path, "wb") as f:
             f.write(build_probe(target.name))
         os.chmod(path, 0o755)
-        return _run(["unshare", "--user", "--map-root-user", "--mount", "--pid", "--fork", "--net", "--ipc", "--uts",
-                     "--propagation", "private", sys.executable, "-I", "-S", "-c", CHROOT_EXEC, root], timeout)
+        launchers = {os.path.realpath(shutil.which("unshare") or "unshare"), os.path.realpath(sys.executable)}
+        run, held, link = _run_catching_exe(
+            ["unshare", "--user", "--map-root-user", "--mount", "--pid", "--fork", "--net", "--ipc", "--uts",
+             "--propagation", "private", sys.executable, "-I", "-S", "-c", CHROOT_EXEC, root], timeout, launchers)
+        if held is not None:
+            try:
+                if link != os.path.realpath(path):  # emulated, not the probe run natively
+                    deleted = link.endswith(" (deleted)")
+                    run.ran = identity_of_open_file(held, link.removesuffix(" (deleted)"))
+                    run.ran["deleted"] = deleted
+            finally:
+                os.close(held)
+        return run
 
 
 class ContainerEngine:
@@ -239,7 +346,27 @@ def verify(names=(), all_targets=False, engine_name: str | None = None, image: s
         warnings.append("the table checked is this user namespace's private one, not the host's")
     results = [diagnose(t, run, host, read_interpreter(t.qemu, dirs), engine.name, image is not None)
                for t, run in zip(targets, runs)]
+    warnings += [f"{r['target']}: {r['emulator']['note']}" for r in results if r["emulator"] and r["emulator"]["note"]]
     return VerifyReport(engine.name, results, warnings)
+
+
+def emulator_that_ran(run: ProbeRun, entry) -> dict | None:
+    """The QEMU the kernel ran for the probe (seen through /proc/PID/exe: the sandbox engine, for
+    an emulated target), and whether it is still the file at the entry's interpreter path."""
+    if run.ran is None:
+        return None
+    ran = run.ran
+    on_disk = emulator_identity(entry.interpreter, known=(ran,)) if entry else None
+    current = same_file(ran, on_disk)
+    note = None
+    if entry is not None and not current:
+        gone = "deleted" if ran["deleted"] else "replaced"
+        note = (f"the kernel ran {describe_version(ran)} from {ran['path']}, {gone} on disk since ("
+                + (f"{entry.interpreter} is now {describe_version(on_disk)}" if on_disk else f"{entry.interpreter} is gone")
+                + f"): {entry.name} still pins the old file; `binfmtd apply` re-registers it if it is binfmtd's, "
+                "else re-register it with the tool that made it")
+    return {"path": ran["path"], "version": ran["version"], "deleted": ran["deleted"], "current": current,
+            "note": note}
 
 
 def diagnose(target: Target, run: ProbeRun, host: facts.Host, interpreter, engine: str, user_image: bool) -> dict:
@@ -255,6 +382,7 @@ def diagnose(target: Target, run: ProbeRun, host: facts.Host, interpreter, engin
         "entry": {"name": target.entry_name, "present": entry is not None,
                   "enabled": bool(entry and entry.enabled), "flags": entry.flags if entry else None},
         "interpreter": {"path": interpreter.path, "static": interpreter.static, "safe": interpreter.problem is None},
+        "emulator": emulator_that_ran(run, entry),
     }
     if ok:
         return result

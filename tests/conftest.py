@@ -97,7 +97,7 @@ def ns(tmp_path: Path) -> Namespace:
     return Namespace(tmp_path)
 
 
-ROOT_ONLY_BASE = "/var/lib/binfmtd-tests"
+ROOT_ONLY_BASE = "/run/binfmtd-tests"  # tmpfs, root-only: gone at reboot, removed when empty
 
 
 @pytest.fixture
@@ -120,6 +120,10 @@ def root_only_dir():
         need(False, f"no root-only directory for the test: {exc}")
     yield directory
     shutil.rmtree(directory, ignore_errors=True)
+    try:
+        os.rmdir(ROOT_ONLY_BASE)
+    except OSError:
+        pass  # another test's directory is still there
 
 
 def qemu(target_qemu: str) -> str:

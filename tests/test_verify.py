@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -17,7 +16,7 @@ from binfmtd.facts import Host, BinfmtMisc, parse_kernel_release
 from binfmtd.entry import Entry
 from binfmtd.interpreters import Interpreter
 from binfmtd.probes import EXPECTED_MACHINE
-from binfmtd.targets import BY_NAME, TARGETS
+from binfmtd.targets import BY_NAME
 from binfmtd.verify import ProbeRun, diagnose
 
 from conftest import BINFMT_MISC, BINFMTD, ROOT, host_table, need, qemu
