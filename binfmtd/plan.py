@@ -152,7 +152,7 @@ def _flag_warnings(flags: str, host: Host, changing: bool) -> list[str]:
                         "registrations do not reach the host")
     elif table.nested and table.mounted:
         warnings.append(f"this process is in a user namespace, but the binfmt_misc mounted on {table.path} is an "
-                        "outer namespace's table (the host's): registrations here reach it; mount binfmt_misc "
+                        "outer namespace's table (the host's): registrations reach it; mount binfmt_misc "
                         "there in this namespace (or use binfmtd sandbox) for a private one")
     return warnings
 

@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import os
+import selectors
 import shutil
 import subprocess
 import sys
@@ -51,10 +52,11 @@ CHROOT_EXEC = (
 
 @dataclass
 class ProbeRun:
-    returncode: int | None  # None: timed out
+    returncode: int | None  # None: stopped, it did not finish in time
     stdout: str
     stderr: str
-    seconds: float
+    seconds: float  # until it exited or was stopped
+    answered: float | None = None  # when the probe's answer was on stdout; None if it never was
 
     @property
     def exec_errno(self) -> int | None:
@@ -63,8 +65,62 @@ class ProbeRun:
                 return int(line[len(EXEC_ERRNO):])
         return None
 
+    @property
+    def succeeded(self) -> bool:
+        """It exited 0, or it answered and only the engine's own work after that (a slow `--rm`
+        cleanup) outlasted the timeout: the emulation worked."""
+        return self.returncode == 0 or (self.returncode is None and self.answered is not None)
 
-def _run(argv: list[str], timeout: float, stdin: bytes | None = None) -> ProbeRun:
+    def slow_engine(self, timeout: float) -> str | None:
+        """What to say when the answer came in time but the engine took longer than the timeout."""
+        if self.answered is None or self.seconds <= timeout:
+            return None
+        end = f"was still running after {self.seconds:.1f}s; binfmtd stopped waiting" if self.returncode is None \
+            else f"took {self.seconds:.1f}s in all"
+        return (f"the probe answered after {self.answered:.1f}s (emulation works) but the engine {end} "
+                f"(over the {timeout:g}s timeout): the engine is slow, not the emulation")
+
+
+def _run(argv: list[str], timeout: float, stdin: bytes | None = None, answer=None) -> ProbeRun:
+    """Run argv for at most `timeout` seconds. With `answer` (a test on the stdout so far), the
+    timeout bounds the answer: once it is there, the engine gets another `timeout` to finish."""
+    if answer is None:
+        return _run_plain(argv, timeout, stdin)
+    start = time.monotonic()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err, answered = bytearray(), bytearray(), None
+    deadline = start + timeout
+    with selectors.DefaultSelector() as pipes:
+        pipes.register(proc.stdout, selectors.EVENT_READ, out)
+        pipes.register(proc.stderr, selectors.EVENT_READ, err)
+        # Until both pipes close; a helper the engine left behind (conmon) may hold them open, so
+        # also stop once the engine has exited and its pipes are drained.
+        while pipes.get_map() and time.monotonic() < deadline:
+            ready = pipes.select(min(0.2, max(0.0, deadline - time.monotonic())))
+            for key, _ in ready:
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    pipes.unregister(key.fileobj)
+                    continue
+                key.data.extend(chunk)
+                if answered is None and key.data is out and answer(out.decode(errors="replace")):
+                    answered = time.monotonic() - start
+                    deadline = time.monotonic() + timeout
+            if not ready and proc.poll() is not None:
+                break
+    try:
+        returncode = proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        returncode = None
+    proc.stdout.close()
+    proc.stderr.close()
+    return ProbeRun(returncode, out.decode(errors="replace"), err.decode(errors="replace"),
+                    time.monotonic() - start, answered)
+
+
+def _run_plain(argv: list[str], timeout: float, stdin: bytes | None = None) -> ProbeRun:
     start = time.monotonic()
     try:
         done = subprocess.run(argv, input=stdin, capture_output=True, timeout=timeout)
@@ -73,6 +129,14 @@ def _run(argv: list[str], timeout: float, stdin: bytes | None = None) -> ProbeRu
                         (exc.stderr or b"").decode(errors="replace"), time.monotonic() - start)
     return ProbeRun(done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace"),
                     time.monotonic() - start)
+
+
+def _probe_answered(stdout: str) -> bool:
+    return parse_probe_output(stdout) is not None
+
+
+def _line_answered(stdout: str) -> bool:  # `uname -m` in a user's image: one complete line
+    return any(line.strip() for line in stdout.splitlines(keepends=True) if line.endswith("\n"))
 
 
 class Sandbox:
@@ -102,7 +166,7 @@ class Sandbox:
             f.write(build_probe(target.name))
         os.chmod(path, 0o755)
         return _run(["unshare", "--user", "--map-root-user", "--mount", "--pid", "--fork", "--net", "--ipc", "--uts",
-                     "--propagation", "private", sys.executable, "-I", "-S", "-c", CHROOT_EXEC, root], timeout)
+                     "--propagation", "private", sys.executable, "-I", "-S", "-c", CHROOT_EXEC, root], timeout, answer=_probe_answered)
 
 
 class ContainerEngine:
@@ -127,7 +191,7 @@ class ContainerEngine:
         platform = target.platform
         if self.user_image:
             return _run([self.name, "run", "--rm", "--platform", platform, "--network", "none", self.user_image,
-                         "uname", "-m"], timeout)
+                         "uname", "-m"], timeout, answer=_line_answered)
         reference = f"{IMAGE}:{target.name}"
         probe = build_probe(target.name)
         digest = hashlib.sha256(probe).hexdigest()
@@ -136,7 +200,7 @@ class ContainerEngine:
             if loaded.returncode != 0:
                 return ProbeRun(loaded.returncode, "", f"loading {reference} failed: {loaded.stderr.strip()}",
                                 loaded.seconds)
-        return _run([self.name, "run", "--rm", "--platform", platform, "--network", "none", reference], timeout)
+        return _run([self.name, "run", "--rm", "--platform", platform, "--network", "none", reference], timeout, answer=_probe_answered)
 
     def _image_label(self, reference: str, timeout: float) -> str | None:
         inspect = _run([self.name, "image", "inspect", reference], timeout)
@@ -239,6 +303,10 @@ def verify(names=(), all_targets=False, engine_name: str | None = None, image: s
         warnings.append("the table checked is this user namespace's private one, not the host's")
     results = [diagnose(t, run, host, read_interpreter(t.qemu, dirs), engine.name, image is not None)
                for t, run in zip(targets, runs)]
+    for target, run in zip(targets, runs):
+        slow = run.slow_engine(timeout)
+        if slow:
+            warnings.append(f"{target.name}: {slow}")
     return VerifyReport(engine.name, results, warnings)
 
 
@@ -248,7 +316,7 @@ def diagnose(target: Target, run: ProbeRun, host: facts.Host, interpreter, engin
     native = target.name in host.native
     machine = (run.stdout.strip().splitlines() or [""])[-1] if user_image else parse_probe_output(run.stdout)
     expected = {host.machine} if native else {EXPECTED_MACHINE[target.name]}
-    ok = run.returncode == 0 and (machine in expected or (user_image and bool(machine)))
+    ok = run.succeeded and (machine in expected or (user_image and bool(machine)))
     result = {
         "target": target.name, "platform": target.platform, "ok": ok, "machine": machine,
         "seconds": round(run.seconds, 3), "error": None, "cause": None, "fix": None, "native": native,
