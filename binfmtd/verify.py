@@ -94,9 +94,11 @@ def _run(argv: list[str], timeout: float, stdin: bytes | None = None, answer=Non
         pipes.register(proc.stdout, selectors.EVENT_READ, out)
         pipes.register(proc.stderr, selectors.EVENT_READ, err)
         # Until both pipes close; a helper the engine left behind (conmon) may hold them open, so
-        # also stop once the engine has exited and its pipes are drained.
+        # also stop once the engine has exited and its pipes are drained (exit checked first:
+        # what it wrote before exiting is then in the pipes for this select).
         while pipes.get_map() and time.monotonic() < deadline:
-            ready = pipes.select(min(0.2, max(0.0, deadline - time.monotonic())))
+            exited = proc.poll() is not None
+            ready = pipes.select(0 if exited else min(0.2, max(0.0, deadline - time.monotonic())))
             for key, _ in ready:
                 chunk = os.read(key.fd, 65536)
                 if not chunk:
@@ -106,7 +108,7 @@ def _run(argv: list[str], timeout: float, stdin: bytes | None = None, answer=Non
                 if answered is None and key.data is out and answer(out.decode(errors="replace")):
                     answered = time.monotonic() - start
                     deadline = time.monotonic() + timeout
-            if not ready and proc.poll() is not None:
+            if exited and not ready:
                 break
     try:
         returncode = proc.wait(timeout=max(0.0, deadline - time.monotonic()))
@@ -303,10 +305,10 @@ def verify(names=(), all_targets=False, engine_name: str | None = None, image: s
         warnings.append("the table checked is this user namespace's private one, not the host's")
     results = [diagnose(t, run, host, read_interpreter(t.qemu, dirs), engine.name, image is not None)
                for t, run in zip(targets, runs)]
-    for target, run in zip(targets, runs):
-        slow = run.slow_engine(timeout)
-        if slow:
-            warnings.append(f"{target.name}: {slow}")
+    for result, run in zip(results, runs):  # the answer came in time, the engine did not finish in time
+        result["slow_engine"] = run.slow_engine(timeout)
+        if result["slow_engine"]:
+            warnings.append(f"{result['target']}: {result['slow_engine']}")
     return VerifyReport(engine.name, results, warnings)
 
 
