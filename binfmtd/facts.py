@@ -127,9 +127,10 @@ def in_child_user_namespace() -> bool:
 
 # Run in a throwaway mount namespace: the device of what is mounted at $1, then of a fresh mount
 # of binfmt_misc, which on Linux 6.7+ is always this user namespace's own instance. The fresh one
-# goes on /tmp, only in that namespace (the kernel refuses the same instance on top of itself at
-# $1). Both mounts are alive while compared, so a recycled device number cannot fool it.
-COMPARE_INSTANCES = 'stat -c %d "$1" && mount -t binfmt_misc binfmt_misc /tmp && stat -c %d /tmp'
+# goes on /tmp (or /dev), only in that namespace (the kernel refuses the same instance on top of
+# itself at $1). Both mounts are alive while compared, so a recycled device number cannot fool it.
+COMPARE_INSTANCES = ('at=/tmp; [ -d $at ] || at=/dev; '
+                     'stat -c %d "$1" && mount -t binfmt_misc binfmt_misc $at && stat -c %d $at')
 
 
 def parse_instance_devices(output: str) -> bool | None:

@@ -79,8 +79,9 @@ def run_in_sandbox(command: list[str]) -> int:
     if shutil.which("unshare") is None:
         raise HostUnsupported("unshare(1) is missing; install util-linux")
     map_all = os.geteuid() == 0
-    # An empty directory on the host, a tmpfs inside: what COMMAND writes there goes with it.
-    state_dir = tempfile.mkdtemp(prefix="binfmtd-sandbox-")
+    # An empty directory on the host, a tmpfs inside: what COMMAND writes there goes with it. Root
+    # makes it in /run, whose every component only root controls (as a state directory's must).
+    state_dir = tempfile.mkdtemp(prefix="binfmtd-sandbox-", dir="/run" if map_all and os.path.isdir("/run") else None)
     try:
         say("sandbox", f"binfmt_misc on {DEFAULT_BINFMT_MISC} and state directory {state_dir} are private to "
             "COMMAND and vanish with it; " + ("every uid and gid maps to the host's own" if map_all else
@@ -98,12 +99,14 @@ def _run(command: list[str], state_dir: str, map_all: bool) -> int:
     argv = sandbox_argv(command, state_dir, host_state_dirs(), map_all)
     if not map_all:
         proc = subprocess.Popen(argv, env=env)
+        _pass_signals(proc)
     else:
         go_read, go_write = os.pipe()
         ready_read, ready_write = os.pipe()
         env["BINFMTD_SANDBOX_PIPES"] = f"{go_read} {ready_write}"
         try:
             proc = subprocess.Popen(argv, env=env, pass_fds=(go_read, ready_write))
+            _pass_signals(proc)
         finally:
             os.close(go_read)
             os.close(ready_write)
@@ -114,12 +117,16 @@ def _run(command: list[str], state_dir: str, map_all: bool) -> int:
                     go.write(b"mapped\n")
                 except OSError as exc:
                     say("error", f"sandbox: cannot map the ids ({exc.strerror}); run as root or use unshare(1)")
-    # The terminal sends ^C to COMMAND too; COMMAND decides. A signal sent to binfmtd alone is passed on.
+    code = proc.wait()
+    return 128 - code if code < 0 else code
+
+
+def _pass_signals(proc: subprocess.Popen) -> None:
+    """The terminal sends ^C to COMMAND too, and COMMAND decides; a signal sent to binfmtd alone
+    is passed on. Set after the start, so COMMAND does not inherit an ignored SIGINT."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, lambda number, _frame: proc.send_signal(number))
-    code = proc.wait()
-    return 128 - code if code < 0 else code
 
 
 def _write_maps(pid: int) -> None:

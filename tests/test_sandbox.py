@@ -203,3 +203,19 @@ def test_the_initial_user_namespace_is_the_hosts_table_without_a_subprocess(monk
         patch.setattr(real, "Popen", refuse)
         table = read_binfmt_misc()
     assert table.mounted and table.private is False and table.nested is False
+
+
+def test_identity_map_maps_each_range_of_this_namespace_to_itself():
+    from binfmtd.sandbox import identity_map
+
+    assert identity_map("         0          0 4294967295\n") == "0 0 4294967295\n"
+    # in a container whose root is host uid 100000: the child maps the same ids, as themselves
+    assert identity_map("0 100000 65536\n70000 1000 1\n") == "0 0 65536\n70000 70000 1\n"
+
+
+def test_instance_comparison_needs_both_devices():
+    from binfmtd.facts import parse_instance_devices
+
+    assert parse_instance_devices("51\n51\n") is True
+    assert parse_instance_devices("21\n52\n") is False
+    assert parse_instance_devices("21\n") is None  # the fresh mount failed: unknown, not private
