@@ -168,7 +168,8 @@ class Sandbox:
             f.write(build_probe(target.name))
         os.chmod(path, 0o755)
         return _run(["unshare", "--user", "--map-root-user", "--mount", "--pid", "--fork", "--net", "--ipc", "--uts",
-                     "--propagation", "private", sys.executable, "-I", "-S", "-c", CHROOT_EXEC, root], timeout, answer=_probe_answered)
+                     "--propagation", "private", sys.executable, "-I", "-S", "-c", CHROOT_EXEC, root], timeout,
+                    answer=_probe_answered)
 
 
 class ContainerEngine:
@@ -202,7 +203,8 @@ class ContainerEngine:
             if loaded.returncode != 0:
                 return ProbeRun(loaded.returncode, "", f"loading {reference} failed: {loaded.stderr.strip()}",
                                 loaded.seconds)
-        return _run([self.name, "run", "--rm", "--platform", platform, "--network", "none", reference], timeout, answer=_probe_answered)
+        return _run([self.name, "run", "--rm", "--platform", platform, "--network", "none", reference], timeout,
+                    answer=_probe_answered)
 
     def _image_label(self, reference: str, timeout: float) -> str | None:
         inspect = _run([self.name, "image", "inspect", reference], timeout)
