@@ -190,14 +190,15 @@ def daemon(config: Optional[str] = ConfigOpt) -> None:
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def sandbox(command: List[str] = typer.Argument(..., metavar="-- COMMAND...")) -> None:
-    """Run COMMAND in a private user+mount namespace with its own binfmt_misc (Linux 6.7+)."""
-    from binfmtd.sandbox import exec_in_sandbox
+    """Run COMMAND in a user+mount namespace with its own binfmt_misc and state directory (Linux 6.7+)."""
+    from binfmtd.sandbox import run_in_sandbox
 
     try:
-        exec_in_sandbox(command)
+        code = run_in_sandbox(command)
     except BinfmtdError as exc:
         say("error", str(exc))
         raise typer.Exit(exc.exit_code) from None
+    raise typer.Exit(code)
 
 
 def _version(value: bool) -> None:

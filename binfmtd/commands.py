@@ -334,8 +334,9 @@ def check(names=(), config_file: str | None = None, binfmt_misc: str | None = No
         + {"probe": "measured by running probes with emulation impossible)",
            "family": "QEMU's CPU-family table; measuring needs Linux 6.7+)",
            "family-fallback": "QEMU's CPU-family table: the probes could not run in a user namespace here)"}[how])
-    add("table", True, "private to this user namespace: registrations here do not reach the host"
-        if table.private else "the host's table")
+    add("table", True, "private to this user namespace (its own binfmt_misc instance): registrations here do "
+        "not reach the host" if table.private else "an outer user namespace's table (the host's) is mounted here: "
+        "registrations reach it" if table.nested and table.mounted else "the host's table")
     try:
         config = load_config(config_file)
         add("config", True, f"{config.path} is valid" if config else "no config file; defaults apply")

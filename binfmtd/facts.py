@@ -3,6 +3,7 @@ printed; the small read_* functions around them do the I/O."""
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass, field
@@ -70,7 +71,8 @@ class BinfmtMisc:
     mount_type: str | None  # what is mounted at path: binfmt_misc, autofs, None
     enabled: bool
     entries: tuple[Entry, ...] = ()
-    private: bool = False  # a user namespace's own table (Linux 6.7+), not the host's
+    private: bool = False  # the mounted instance is this user namespace's own (Linux 6.7+), not the host's
+    nested: bool = False  # this process is in a child user namespace (whatever table it sees)
 
     def entry(self, name: str) -> Entry | None:
         return next((e for e in self.entries if e.name == name), None)
@@ -91,8 +93,11 @@ def read_binfmt_misc(path: str = DEFAULT_BINFMT_MISC, trigger_automount: bool = 
     # or namespace's /proc): the register file must be there too.
     mounted = mount_type == "binfmt_misc" and os.path.exists(os.path.join(path, "register"))
     enabled = mounted and read_text(os.path.join(path, "status")).strip() == "enabled"
+    nested = in_child_user_namespace()
+    # In the initial user namespace the table is the host's by definition: no subprocess at boot.
+    private = mounted and nested and shows_own_instance(path)
     return BinfmtMisc(path, supported, mounted, mount_type, enabled,
-                      read_entries(path) if mounted else (), private=in_child_user_namespace())
+                      read_entries(path) if mounted else (), private=private, nested=nested)
 
 
 def read_entries(path: str = DEFAULT_BINFMT_MISC) -> tuple[Entry, ...]:
@@ -110,14 +115,53 @@ def read_entry(path: str, name: str) -> Entry | None:
 
 
 def in_child_user_namespace() -> bool:
-    """Inside a user namespace other than the initial one. On Linux 6.7+ the binfmt_misc
-    mounted there is that namespace's own: registrations do not reach the host."""
+    """Inside a user namespace other than the initial one. That alone says nothing about the
+    table: a mount namespace copied from the host still shows the host's instance (see
+    shows_own_instance)."""
     try:
         link = os.readlink("/proc/self/ns/user")
     except OSError:
         return False
     match = re.search(r"\[(\d+)\]", link)
     return bool(match) and int(match.group(1)) != INIT_USER_NS_INODE
+
+
+# Run in a throwaway mount namespace: the device of what is mounted at $1, then of a fresh mount
+# of binfmt_misc, which on Linux 6.7+ is always this user namespace's own instance. The fresh one
+# goes on /tmp (or /dev), only in that namespace (the kernel refuses the same instance on top of
+# itself at $1). Both mounts are alive while compared, so a recycled device number cannot fool it.
+COMPARE_INSTANCES = ('at=/tmp; [ -d $at ] || at=/dev; '
+                     'stat -c %d "$1" && mount -t binfmt_misc binfmt_misc $at && stat -c %d $at')
+
+
+def parse_instance_devices(output: str) -> bool | None:
+    """Whether the two device numbers COMPARE_INSTANCES printed are the same instance."""
+    devices = output.split()
+    return devices[0] == devices[1] if len(devices) == 2 else None
+
+
+@functools.lru_cache(maxsize=8)
+def _own_instance_at(path: str, device: int) -> bool:
+    import subprocess  # only in a child user namespace, never on the host's boot path
+
+    try:
+        done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", COMPARE_INSTANCES,
+                               "sh", path], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    # Cannot tell (no unshare, not permitted): not private, for "private" promises safety.
+    return done.returncode == 0 and parse_instance_devices(done.stdout) is True
+
+
+def shows_own_instance(path: str) -> bool:
+    """Whether the binfmt_misc mounted at `path` is this user namespace's own instance (so
+    registrations stay in it) rather than one inherited from an outer namespace's mount, which
+    root in a child user namespace writes to like the host's own root. Measured once per mount."""
+    try:
+        device = os.stat(path).st_dev
+    except OSError:
+        return False
+    return _own_instance_at(path, device)
 
 
 def host_family(machine: str | None = None) -> str:

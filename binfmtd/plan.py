@@ -171,9 +171,14 @@ def _flag_warnings(flags: str, host: Host, changing: bool, first_default: bool) 
     if "P" in flags and not host.kernel.tells_qemu_about_p:
         warnings.append(f"flag P on kernel {host.kernel.release} (before 5.12): QEMU cannot detect it and must be "
                         "built to assume it (Debian's /usr/libexec/qemu-binfmt/*-binfmt-P wrappers), or argv breaks")
-    if host.binfmt_misc.private:
-        warnings.append("this process is in a user namespace: the binfmt_misc table here is private to it "
-                        "(Linux 6.7+), registrations do not reach the host")
+    table = host.binfmt_misc
+    if table.private:
+        warnings.append(f"the binfmt_misc mounted on {table.path} is this user namespace's own table (Linux 6.7+): "
+                        "registrations do not reach the host")
+    elif table.nested and table.mounted:
+        warnings.append(f"this process is in a user namespace, but the binfmt_misc mounted on {table.path} is an "
+                        "outer namespace's table (the host's): registrations reach it; mount binfmt_misc "
+                        "there in this namespace (or use binfmtd sandbox) for a private one")
     return warnings
 
 

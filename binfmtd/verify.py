@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import os
+import selectors
 import shutil
 import subprocess
 import sys
@@ -52,10 +53,11 @@ CHROOT_EXEC = (
 
 @dataclass
 class ProbeRun:
-    returncode: int | None  # None: timed out
+    returncode: int | None  # None: stopped, it did not finish in time
     stdout: str
     stderr: str
-    seconds: float
+    seconds: float  # until it exited or was stopped
+    answered: float | None = None  # when the probe's answer was on stdout; None if it never was
     ran: dict | None = None  # the file the kernel ran for the probe (/proc/PID/exe), where seen
 
     @property
@@ -65,8 +67,64 @@ class ProbeRun:
                 return int(line[len(EXEC_ERRNO):])
         return None
 
+    @property
+    def succeeded(self) -> bool:
+        """It exited 0, or it answered and only the engine's own work after that (a slow `--rm`
+        cleanup) outlasted the timeout: the emulation worked."""
+        return self.returncode == 0 or (self.returncode is None and self.answered is not None)
 
-def _run(argv: list[str], timeout: float, stdin: bytes | None = None) -> ProbeRun:
+    def slow_engine(self, timeout: float) -> str | None:
+        """What to say when the answer came in time but the engine took longer than the timeout."""
+        if self.answered is None or self.seconds <= timeout:
+            return None
+        end = f"was still running after {self.seconds:.1f}s; binfmtd stopped waiting" if self.returncode is None \
+            else f"took {self.seconds:.1f}s in all"
+        return (f"the probe answered after {self.answered:.1f}s (emulation works) but the engine {end} "
+                f"(over the {timeout:g}s timeout): the engine is slow, not the emulation")
+
+
+def _run(argv: list[str], timeout: float, stdin: bytes | None = None, answer=None) -> ProbeRun:
+    """Run argv for at most `timeout` seconds. With `answer` (a test on the stdout so far), the
+    timeout bounds the answer: once it is there, the engine gets another `timeout` to finish."""
+    if answer is None:
+        return _run_plain(argv, timeout, stdin)
+    start = time.monotonic()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err, answered = bytearray(), bytearray(), None
+    deadline = start + timeout
+    with selectors.DefaultSelector() as pipes:
+        pipes.register(proc.stdout, selectors.EVENT_READ, out)
+        pipes.register(proc.stderr, selectors.EVENT_READ, err)
+        # Until both pipes close; a helper the engine left behind (conmon) may hold them open, so
+        # also stop once the engine has exited and its pipes are drained (exit checked first:
+        # what it wrote before exiting is then in the pipes for this select).
+        while pipes.get_map() and time.monotonic() < deadline:
+            exited = proc.poll() is not None
+            ready = pipes.select(0 if exited else min(0.2, max(0.0, deadline - time.monotonic())))
+            for key, _ in ready:
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    pipes.unregister(key.fileobj)
+                    continue
+                key.data.extend(chunk)
+                if answered is None and key.data is out and answer(out.decode(errors="replace")):
+                    answered = time.monotonic() - start
+                    deadline = time.monotonic() + timeout
+            if exited and not ready:
+                break
+    try:
+        returncode = proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        returncode = None
+    proc.stdout.close()
+    proc.stderr.close()
+    return ProbeRun(returncode, out.decode(errors="replace"), err.decode(errors="replace"),
+                    time.monotonic() - start, answered)
+
+
+def _run_plain(argv: list[str], timeout: float, stdin: bytes | None = None) -> ProbeRun:
     start = time.monotonic()
     try:
         done = subprocess.run(argv, input=stdin, capture_output=True, timeout=timeout)
@@ -171,6 +229,14 @@ def _run_catching_exe(argv: list[str], timeout: float, launchers: set[str]) -> t
     return run, held, link
 
 
+def _probe_answered(stdout: str) -> bool:
+    return parse_probe_output(stdout) is not None
+
+
+def _line_answered(stdout: str) -> bool:  # `uname -m` in a user's image: one complete line
+    return any(line.strip() for line in stdout.splitlines(keepends=True) if line.endswith("\n"))
+
+
 class Sandbox:
     name = "sandbox"
 
@@ -234,7 +300,7 @@ class ContainerEngine:
         platform = target.platform
         if self.user_image:
             return _run([self.name, "run", "--rm", "--platform", platform, "--network", "none", self.user_image,
-                         "uname", "-m"], timeout)
+                         "uname", "-m"], timeout, answer=_line_answered)
         reference = f"{IMAGE}:{target.name}"
         probe = build_probe(target.name)
         digest = hashlib.sha256(probe).hexdigest()
@@ -243,7 +309,8 @@ class ContainerEngine:
             if loaded.returncode != 0:
                 return ProbeRun(loaded.returncode, "", f"loading {reference} failed: {loaded.stderr.strip()}",
                                 loaded.seconds)
-        return _run([self.name, "run", "--rm", "--platform", platform, "--network", "none", reference], timeout)
+        return _run([self.name, "run", "--rm", "--platform", platform, "--network", "none", reference], timeout,
+                    answer=_probe_answered)
 
     def _image_label(self, reference: str, timeout: float) -> str | None:
         inspect = _run([self.name, "image", "inspect", reference], timeout)
@@ -347,6 +414,10 @@ def verify(names=(), all_targets=False, engine_name: str | None = None, image: s
     results = [diagnose(t, run, host, read_interpreter(t.qemu, dirs), engine.name, image is not None)
                for t, run in zip(targets, runs)]
     warnings += [f"{r['target']}: {r['emulator']['note']}" for r in results if r["emulator"] and r["emulator"]["note"]]
+    for result, run in zip(results, runs):  # the answer came in time, the engine did not finish in time
+        result["slow_engine"] = run.slow_engine(timeout)
+        if result["slow_engine"]:
+            warnings.append(f"{result['target']}: {result['slow_engine']}")
     return VerifyReport(engine.name, results, warnings)
 
 
@@ -375,7 +446,7 @@ def diagnose(target: Target, run: ProbeRun, host: facts.Host, interpreter, engin
     native = target.name in host.native
     machine = (run.stdout.strip().splitlines() or [""])[-1] if user_image else parse_probe_output(run.stdout)
     expected = {host.machine} if native else {EXPECTED_MACHINE[target.name]}
-    ok = run.returncode == 0 and (machine in expected or (user_image and bool(machine)))
+    ok = run.succeeded and (machine in expected or (user_image and bool(machine)))
     result = {
         "target": target.name, "platform": target.platform, "ok": ok, "machine": machine,
         "seconds": round(run.seconds, 3), "error": None, "cause": None, "fix": None, "native": native,

@@ -3,6 +3,7 @@ target is named with its cause."""
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -15,9 +16,9 @@ import pytest
 from binfmtd.facts import Host, BinfmtMisc, parse_kernel_release
 from binfmtd.entry import Entry
 from binfmtd.interpreters import Interpreter
-from binfmtd.probes import EXPECTED_MACHINE
+from binfmtd.probes import EXPECTED_MACHINE, MARKER
 from binfmtd.targets import BY_NAME
-from binfmtd.verify import ProbeRun, diagnose
+from binfmtd.verify import ProbeRun, _probe_answered, _run, diagnose
 
 from conftest import BINFMT_MISC, BINFMTD, ROOT, host_table, need, qemu
 
@@ -157,6 +158,41 @@ def test_podman_with_a_users_image(containers_conf, host_registered, foreign_bus
         assert rc == 0 and report["results"][0]["machine"] == "aarch64", err
     finally:
         subprocess.run(["podman", "rmi", "-f", "localhost/binfmtd-test-busybox:arm64"], capture_output=True)
+
+
+def test_a_slow_engine_is_named_and_the_emulation_passes(containers_conf, host_registered, tmp_path):
+    """The real podman, wrapped so that `run` lingers after the container has answered (as a slow
+    `--rm` cleanup does): the probe's answer came in time, so the targets pass and the warning
+    blames the engine, with how long it took."""
+    wrapper = tmp_path / "bin" / "podman"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f'#!/bin/sh\n{shutil.which("podman")} "$@"; rc=$?\n[ "$1" = run ] && sleep 15\nexit $rc\n')
+    wrapper.chmod(0o755)
+    env = {**host_registered, "PATH": f"{wrapper.parent}:{os.environ['PATH']}"}
+    rc, report, err = run_verify(["aarch64", "riscv64", "--engine", "podman", "--timeout", "5"], env)
+    assert rc == 0 and report["ok"], err
+    assert {r["target"]: r["machine"] for r in report["results"]} == {"aarch64": "aarch64", "riscv64": "riscv64"}
+    assert "timed out" not in err and all("the engine is slow" in r["slow_engine"] for r in report["results"])
+    for target in ("aarch64", "riscv64"):
+        line, = [line for line in err.splitlines() if line.startswith(f"binfmtd: warning: {target}: ")]
+        assert "emulation works" in line and "the engine is slow" in line and "5s timeout" in line
+        answered, engine = (float(x) for x in re.search(r"answered after ([\d.]+)s .* after ([\d.]+)s", line).groups())
+        assert answered < 5 <= engine
+
+
+def test_the_timeout_bounds_the_answer_and_then_the_engine():
+    """Real processes standing for an engine: one that never answers is stopped at the timeout
+    and fails; one that answers at once and then lingers is stopped a timeout later and passes,
+    named as a slow engine."""
+    silent = _run(["sh", "-c", "exec sleep 30"], 1.0, answer=_probe_answered)
+    assert silent.returncode is None and silent.answered is None and not silent.succeeded
+    assert 1.0 <= silent.seconds < 5 and silent.slow_engine(1.0) is None
+    lingering = _run(["sh", "-c", f"echo '{MARKER}aarch64'; exec sleep 30"], 1.0, answer=_probe_answered)
+    assert lingering.returncode is None and lingering.succeeded and lingering.answered < 1.0
+    assert 1.0 + lingering.answered <= lingering.seconds < 5
+    assert "was still running after" in lingering.slow_engine(1.0)
+    quick = _run(["sh", "-c", f"echo '{MARKER}aarch64'"], 1.0, answer=_probe_answered)
+    assert quick.returncode == 0 and quick.succeeded and quick.slow_engine(1.0) is None
 
 
 @pytest.fixture
