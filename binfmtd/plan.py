@@ -116,7 +116,7 @@ def _plan_target(target: Target, flags: str, desired: Desired, host: Host,
         return base
     ours = state.owns(current) or name in desired.reclaim
     if current.same_registration(new) and current.enabled:
-        pinned = state.entries[name].pinned if ours else None
+        pinned = state.pinned(name) if ours else None
         if pinned and "F" in current.flags and not same_file(pinned, interpreter.identity):
             base.action, base.old = REPLACED, current
             base.reason = (f"pinned {describe_version(pinned)} (replaced on disk by "
@@ -144,7 +144,7 @@ def _plan_target(target: Target, flags: str, desired: Desired, host: Host,
 def _remove_vanished(target: Target, current: Entry, state: State) -> Action:
     """binfmtd's entry whose emulator is gone from disk (QEMU removed or a target dropped by
     an upgrade): removed, not left pinned to a deleted file (F) or pointing at nothing."""
-    pinned = state.entries[current.name].pinned
+    pinned = state.pinned(current.name)
     held = f"; it ran {describe_version(pinned)}, now deleted" if pinned and "F" in current.flags else ""
     return Action(target, REMOVED, f"emulator {current.interpreter} is gone from disk{held}: entry removed",
                   current.interpreter, current.flags, old=current)

@@ -185,6 +185,12 @@ class State:
     last_apply: float | None = None  # when an apply last ran to completion (for metrics)
     intents: dict[str, Intent] = field(default_factory=dict)
 
+    def pinned(self, name: str) -> dict | None:
+        """The emulator file binfmtd's entry of that name pinned, where recorded (an entry owned
+        without a record, e.g. one binfmtd's image registered, has none)."""
+        owned = self.entries.get(name)
+        return owned.pinned if owned else None
+
     def owns(self, entry: Entry) -> bool:
         if registered_by_image(entry.interpreter):  # binfmtd's image, run without this state
             return True
