@@ -89,6 +89,8 @@ def _plan_target(target: Target, flags: str, desired: Desired, host: Host,
     if interpreter.path is None:
         reason = (f"no interpreter: qemu-{target.qemu}-static not found; install qemu-user-static "
                   "or set interpreter_dirs")
+        if target.removed_in:  # say so, or the sysadmin goes looking for a package that cannot exist
+            reason += f" (QEMU {target.removed_in} and later have no {target.name} emulator)"
         return Action(target, SKIPPED, reason, flags=flags, error=reason if desired.explicit else None)
     base = Action(target, UNCHANGED, "", interpreter.path, flags)
     if interpreter.problem:
