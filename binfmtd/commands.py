@@ -168,16 +168,22 @@ def remove(names=(), all_targets=False, force=False, check=False, config_file: s
     def present(host: facts.Host) -> tuple[Target, ...]:  # --all reports what is there, not every target
         return targets if names else tuple(t for t in targets if host.binfmt_misc.entry(t.entry_name))
 
+    def warn_running(plan: Plan) -> Plan:  # removing an entry does not stop what runs under it
+        from binfmtd.processes import running_under
+
+        plan.warnings += running_under([a.old for a in plan.actions if a.action == "removed" and a.old])
+        return plan
+
     if check:
         host = facts.read_host(path)
-        return _report(plan_remove(present(host), host, load_state(state_dir), force), True, [])
+        return _report(warn_running(plan_remove(present(host), host, load_state(state_dir), force)), True, [])
     _require_root_and_kernel(facts.read_kernel())
     from binfmtd.act import execute
 
     with locked(state_dir):
         host = facts.read_host(path)
         state = load_state(state_dir)
-        plan = plan_remove(present(host), host, state, force)
+        plan = warn_running(plan_remove(present(host), host, state, force))
         outcome = execute(plan, path, host.kernel, state)
         save_state(state_dir, state)
     return _report(plan, False, outcome.errors)

@@ -1,0 +1,149 @@
+"""`binfmtd ps`, the emulation metrics and remove's warning: a real foreign busybox runs under a
+namespace-registered entry, and what binfmtd reports about it is checked against its PID. The
+namespace has its own PID namespace and /proc: only its own processes are visible there."""
+
+import shlex
+import shutil
+
+import pytest
+
+from binfmtd.entry import Entry
+from binfmtd.processes import (CpuLedger, EmulatedProcess, container_of_cgroup, foreign_command, parse_cgroup,
+                               parse_exe_link)
+
+from conftest import BINFMTD, qemu
+
+def start(busybox, *args: str, argv0: str | None = None) -> str:
+    """A step that starts a foreign busybox in the background and prints its PID; the process
+    dies with the namespace."""
+    exec_ = f"exec -a {shlex.quote(argv0)} " if argv0 else "exec "
+    line = f"{exec_}{shlex.quote(str(busybox))} {' '.join(map(shlex.quote, args))}"
+    return f"bash -c {shlex.quote(line)} </dev/null >/dev/null 2>&1 & echo $!; sleep 0.5"
+
+
+def test_ps_lists_a_running_foreign_busybox_with_its_target(ns, foreign_busybox):
+    qemu("aarch64")
+    apply, pid, ps, text = ns.run(f"{BINFMTD} apply aarch64", start(foreign_busybox["arm64"], "30", argv0="sleep"),
+                                  f"{BINFMTD} ps --json", f"{BINFMTD} ps")
+    assert apply.rc == 0, apply.err
+    assert ps.rc == 0, ps.err
+    [process] = [p for p in ps.json()["processes"] if p["pid"] == int(pid.out)]
+    assert process["target"] == "aarch64" and process["entry"] == "qemu-aarch64"
+    assert process["command"] == ["sleep", "30"]  # P: the original argv[0] comes back
+    assert process["interpreter"] == "/usr/bin/qemu-aarch64-static" and not process["emulator_deleted"]
+    assert process["user"] == "root" and process["rss_bytes"] > 1_000_000 and process["cpu_seconds"] >= 0
+    assert ps.json()["targets"] == [{"target": "aarch64", "platform": "linux/arm64", "processes": 1,
+                                     "cpu_seconds": process["cpu_seconds"]}]
+    assert any(line.split()[:2] == ["aarch64", pid.out.strip()] and line.endswith("sleep 30")
+               for line in text.out.splitlines())
+
+
+def test_without_p_the_command_starts_with_the_binarys_path(ns, foreign_busybox):
+    qemu("aarch64")
+    busybox = str(foreign_busybox["arm64"])
+    _, pid, ps = ns.run(f"{BINFMTD} apply aarch64 --flags OCF", start(busybox, "sleep", "30"), f"{BINFMTD} ps --json")
+    [process] = [p for p in ps.json()["processes"] if p["pid"] == int(pid.out)]
+    assert process["command"] == [busybox, "sleep", "30"]
+
+
+def test_metrics_count_the_emulated_process(ns, foreign_busybox):
+    qemu("aarch64")
+    _, _, metrics = ns.run(f"{BINFMTD} apply aarch64 arm", start(foreign_busybox["arm64"], "sleep", "30"),
+                           f"{BINFMTD} status --format prometheus")
+    assert metrics.rc == 0, metrics.err
+    samples = dict(line.rsplit(" ", 1) for line in metrics.out.splitlines() if not line.startswith("#"))
+    assert samples['binfmtd_emulated_processes{target="aarch64",platform="linux/arm64"}'] == "1"
+    assert samples['binfmtd_emulated_processes{target="arm",platform="linux/arm/v7"}'] == "0"
+    assert float(samples['binfmtd_emulated_cpu_seconds_total{target="aarch64",platform="linux/arm64"}']) >= 0
+    assert "# TYPE binfmtd_emulated_cpu_seconds_total counter" in metrics.out
+
+
+def test_remove_warns_while_processes_run_under_the_entry(ns, foreign_busybox):
+    qemu("aarch64")
+    _, pid, check, remove, after = ns.run(
+        f"{BINFMTD} apply aarch64", start(foreign_busybox["arm64"], "sleep", "30"),
+        f"{BINFMTD} remove aarch64 --check", f"{BINFMTD} remove aarch64 --json", "pgrep -x busybox")
+    warning = f"qemu-aarch64: 1 process(es) still run under it: PID {pid.out.strip()} ("
+    assert warning in check.err
+    assert remove.rc == 0 and remove.json()["results"][0]["action"] == "removed"
+    assert warning in remove.err
+    assert after.out.split() == [pid.out.strip()]  # the process goes on with the emulator it has
+
+
+def test_remove_without_running_processes_does_not_warn(ns):
+    qemu("aarch64")
+    _, remove = ns.run(f"{BINFMTD} apply aarch64", f"{BINFMTD} remove aarch64")
+    assert remove.rc == 0 and "still run" not in remove.err
+
+
+def test_ps_shows_a_process_that_runs_a_deleted_emulator(ns, foreign_busybox, tmp_path):
+    emulators = tmp_path / "emulators"
+    emulators.mkdir()
+    shutil.copy(qemu("aarch64"), emulators / "qemu-aarch64-static")
+    (tmp_path / "c.toml").write_text(f'interpreter_dirs = ["{emulators}"]\n')
+    apply, pid, _, ps = ns.run(f"{BINFMTD} apply aarch64 --config {tmp_path / 'c.toml'}",
+                               start(foreign_busybox["arm64"], "sleep", "30"),
+                               f"rm {emulators / 'qemu-aarch64-static'}", f"{BINFMTD} ps --json")
+    assert apply.rc == 0, apply.err
+    [process] = [p for p in ps.json()["processes"] if p["pid"] == int(pid.out)]
+    assert process["emulator_deleted"] and process["interpreter"] == str(emulators / "qemu-aarch64-static")
+    assert process["target"] == "aarch64"
+
+
+def test_ps_with_nothing_emulated_says_so(ns):
+    step = ns.one(f"{BINFMTD} ps")
+    assert step.rc == 0 and step.out.strip() == "no process runs under a binfmt_misc entry"
+
+
+# ---- parsers, on what the kernel printed ----
+
+def test_exe_link_of_a_deleted_emulator():
+    assert parse_exe_link("/usr/bin/qemu-aarch64-static (deleted)") == ("/usr/bin/qemu-aarch64-static", True)
+    assert parse_exe_link("/usr/bin/qemu-aarch64-static") == ("/usr/bin/qemu-aarch64-static", False)
+
+
+@pytest.mark.parametrize("flags, command", [
+    ("POCF", ("sleep", "30")), ("P", ("sleep", "30")),
+    ("OCF", ("/b/busybox", "30")), ("", ("/b/busybox", "30")),
+])
+def test_foreign_command_follows_the_p_flag(flags, command):
+    # /proc/PID/cmdline of `exec -a sleep /b/busybox 30` on Linux 6.18: with P argv[0] is kept
+    # after the path; without P it is gone.
+    with_p, without_p = ["/usr/bin/qemu-aarch64-static", "/b/busybox", "sleep", "30"], \
+        ["/usr/bin/qemu-aarch64-static", "/b/busybox", "30"]
+    assert foreign_command(with_p if "P" in flags else without_p, flags) == command
+
+
+@pytest.mark.parametrize("text, cgroup, container", [
+    ("0::/system.slice/docker-" + "ab" * 32 + ".scope\n", "/system.slice/docker-" + "ab" * 32 + ".scope", "ab" * 32),
+    ("0::/machine.slice/libpod-" + "cd" * 32 + ".scope/container\n", None, "cd" * 32),
+    ("0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice/cri-containerd-"
+     + "ef" * 32 + ".scope\n", None, "ef" * 32),
+    ("12:pids:/docker/" + "01" * 32 + "\n11:memory:/docker/" + "01" * 32 + "\n", "/docker/" + "01" * 32, "01" * 32),
+    ("0::/user.slice/user-0.slice/session-1.scope\n", "/user.slice/user-0.slice/session-1.scope", None),
+    ("0::/\n", None, None),
+])
+def test_cgroup_and_container_id(text, cgroup, container):
+    found = parse_cgroup(text)
+    if cgroup is not None:
+        assert found == cgroup
+    assert container_of_cgroup(found) == container
+
+
+def _process(pid: int, started: float, cpu: float, target: str = "aarch64") -> EmulatedProcess:
+    return EmulatedProcess(pid, target, f"qemu-{target}", "/q", False, ("x",), "root", cpu, 1, started, None, None)
+
+
+def test_cpu_counter_keeps_the_time_of_processes_that_exited():
+    ledger = CpuLedger()
+    assert ledger.update([_process(1, 10.0, 2.0), _process(2, 11.0, 1.0)]) == {"aarch64": 3.0}
+    assert ledger.update([_process(2, 11.0, 1.5)]) == {"aarch64": 3.5}  # pid 1 exited at 2.0 s
+    # pid 2 reused by a new process: the old one's 1.5 s stay, the new one starts from 0.25
+    assert ledger.update([_process(2, 20.0, 0.25)]) == {"aarch64": 3.75}
+
+
+def test_entries_of_other_kinds_are_not_emulation(tmp_path):
+    from binfmtd.processes import _entries_by_interpreter
+
+    jar = Entry("jar", "/usr/bin/jexec", "", 0, b"", b"", True, "jar")
+    assert _entries_by_interpreter([jar]) == {}
