@@ -38,6 +38,7 @@ DEFAULTS = Config("")
 READY_FILE = "daemon.ready"
 LOCK_TIMEOUT = 5.0  # seconds an apply waits for another binfmtd's lock before retrying later
 RETRY_MAX = 300.0  # seconds between applies while targets fail: interval (1 s at least), doubling
+METRICS_REFRESH = 15.0  # seconds between textfile rewrites while idle (emulated processes change)
 ERR, WARNING, NOTICE, INFO = 3, 4, 5, 6  # syslog priorities, as journald reads them
 
 
@@ -265,6 +266,7 @@ class Daemon:
         self.retry_at: float | None = None
         self.reported: set[tuple[int, str]] = set()  # the problems the last apply logged
         self.repairs = 0
+        self.metrics_written = 0.0  # monotonic time of the last textfile write
         self.status = ""
         self.ready = False  # STATUS= goes out with READY=1 first
 
@@ -321,6 +323,7 @@ class Daemon:
         """The [daemon] textfile for node_exporter, rewritten after each apply; a problem if not."""
         from binfmtd.metrics import prometheus_text, write_textfile
 
+        self.metrics_written = time.monotonic()
         try:
             write_textfile(textfile, prometheus_text(self.path, self.state_dir))
         except (OSError, BinfmtdError) as exc:
@@ -366,6 +369,9 @@ class Daemon:
         table = read_table(self.path)
         if table == self.baseline:
             self.mark_ready()
+            textfile = self.settings.daemon_textfile
+            if textfile and time.monotonic() - self.metrics_written >= METRICS_REFRESH:
+                self._report(self.reported | self._write_metrics(textfile))
             return None
         self.log(NOTICE, "drift: " + "; ".join(describe_drift(self.baseline, table, self.path)))
         code = self.apply("repair")

@@ -38,8 +38,10 @@ class EmulatedProcess:
     command: tuple[str, ...]  # the foreign command line
     user: str | None
     cpu_seconds: float  # user + system
+    children_cpu_seconds: float  # of its exited children it has reaped (a shell's, make's: the short-lived)
     rss_bytes: int
     started: float  # creation time (seconds since the epoch): with pid, the process's identity
+    ppid: int
     cgroup: str | None
     container: str | None  # container ID from the cgroup path, when it is a container's
 
@@ -123,8 +125,9 @@ def read_emulated(entries, proc: str = "/proc") -> list[EmulatedProcess]:
             with process.oneshot():
                 cmdline = process.cmdline()
                 times = process.cpu_times()
-                details = (process.username(), times.user + times.system, process.memory_info().rss,
-                           process.create_time())
+                details = (process.username(), times.user + times.system,
+                           times.children_user + times.children_system, process.memory_info().rss,
+                           process.create_time(), process.ppid())
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
         entry = _entry_for(pid, cmdline, candidates)
@@ -175,23 +178,31 @@ def per_target(processes) -> dict[str, tuple[int, float]]:
 
 
 class CpuLedger:
-    """Per-target CPU seconds of emulated processes as a Prometheus counter: a process's time
-    stays in the total after it exits (as of the last scan that saw it), so the total only grows
-    while one program (the daemon) keeps the ledger. A one-shot `status --format prometheus`
-    starts a fresh ledger: its total covers the processes running at that moment."""
+    """Per-target CPU seconds of emulated processes as a Prometheus counter, from scans of the
+    processes running at each moment. Most emulated work is short-lived (a build's compilers), so
+    each process counts with the time of the children it reaped: when a process exits, the kernel
+    adds its time to its parent's children time. A process whose parent is emulated too is thus
+    counted by that parent once it is gone; one whose parent is not (a container's first process,
+    a shell's child) keeps its time in the ledger after it exits, as of the last scan that saw it.
+    Work that starts and ends between two scans under a parent that is not emulated is missed.
+
+    The total only grows while one program (the daemon) keeps the ledger; a one-shot
+    `status --format prometheus` starts a fresh one, covering the processes running then."""
 
     def __init__(self) -> None:
-        self._seen: dict[tuple[int, float], tuple[str, float]] = {}
+        self._seen: dict[tuple[int, float], tuple[str, float, bool]] = {}
         self._exited: dict[str, float] = defaultdict(float)
 
     def update(self, processes) -> dict[str, float]:
-        now = {(p.pid, p.started): (p.target or p.entry, p.cpu_seconds) for p in processes}
-        for key, (target, seconds) in self._seen.items():
-            if key not in now:
+        pids = {p.pid for p in processes}
+        now = {(p.pid, p.started): (p.target or p.entry, p.cpu_seconds + p.children_cpu_seconds, p.ppid not in pids)
+               for p in processes}
+        for key, (target, seconds, outermost) in self._seen.items():
+            if key not in now and outermost:  # an emulated parent's children time has the others
                 self._exited[target] += seconds
         self._seen = now
         totals = defaultdict(float, self._exited)
-        for target, seconds in now.values():
+        for target, seconds, _ in now.values():
             totals[target] += seconds
         return dict(totals)
 

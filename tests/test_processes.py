@@ -6,6 +6,7 @@ import shlex
 import shutil
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from binfmtd.entry import Entry
 from binfmtd.processes import (CpuLedger, EmulatedProcess, container_of_cgroup, foreign_command, parse_cgroup,
@@ -46,16 +47,21 @@ def test_without_p_the_command_starts_with_the_binarys_path(ns, foreign_busybox)
     assert process["command"] == [busybox, "sleep", "30"]
 
 
-def test_metrics_count_the_emulated_process(ns, foreign_busybox):
+def test_metrics_count_the_emulated_process_and_the_cpu_of_its_exited_children(ns, foreign_busybox):
     qemu("aarch64")
-    _, _, metrics = ns.run(f"{BINFMTD} apply aarch64 arm", start(foreign_busybox["arm64"], "sleep", "30"),
-                           f"{BINFMTD} status --format prometheus")
+    # A foreign shell whose child burns CPU and exits before the scan: reaped, its time is the shell's.
+    burn = "(i=0; while [ $i -lt 30000 ]; do i=$((i+1)); done); exec sleep 30"
+    _, _, _, ps, metrics = ns.run(f"{BINFMTD} apply aarch64 arm", start(foreign_busybox["arm64"], "sh", "-c", burn),
+                               "sleep 2", f"{BINFMTD} ps --json", f"{BINFMTD} status --format prometheus")
     assert metrics.rc == 0, metrics.err
-    samples = dict(line.rsplit(" ", 1) for line in metrics.out.splitlines() if not line.startswith("#"))
-    assert samples['binfmtd_emulated_processes{target="aarch64",platform="linux/arm64"}'] == "1"
-    assert samples['binfmtd_emulated_processes{target="arm",platform="linux/arm/v7"}'] == "0"
-    assert float(samples['binfmtd_emulated_cpu_seconds_total{target="aarch64",platform="linux/arm64"}']) >= 0
-    assert "# TYPE binfmtd_emulated_cpu_seconds_total counter" in metrics.out
+    samples = {(s.name, s.labels["target"]): s.value for family in text_string_to_metric_families(metrics.out)
+               for s in family.samples if family.name.startswith("binfmtd_emulated")}
+    assert samples[("binfmtd_emulated_processes", "aarch64")] == 1
+    assert samples[("binfmtd_emulated_processes", "arm")] == 0
+    [process] = ps.json()["processes"]
+    assert process["cpu_seconds"] < 0.05 < process["children_cpu_seconds"]
+    assert samples[("binfmtd_emulated_cpu_seconds_total", "aarch64")] >= process["children_cpu_seconds"]
+    assert samples[("binfmtd_emulated_cpu_seconds_total", "arm")] == 0
 
 
 def test_remove_warns_while_processes_run_under_the_entry(ns, foreign_busybox):
@@ -130,16 +136,30 @@ def test_cgroup_and_container_id(text, cgroup, container):
     assert container_of_cgroup(found) == container
 
 
-def _process(pid: int, started: float, cpu: float, target: str = "aarch64") -> EmulatedProcess:
-    return EmulatedProcess(pid, target, f"qemu-{target}", "/q", False, ("x",), "root", cpu, 1, started, None, None)
+def _process(pid: int, started: float, cpu: float, children: float = 0.0, ppid: int = 1,
+             target: str = "aarch64") -> EmulatedProcess:
+    return EmulatedProcess(pid, target, f"qemu-{target}", "/q", False, ("x",), "root", cpu, children, 1, started,
+                           ppid, None, None)
 
 
 def test_cpu_counter_keeps_the_time_of_processes_that_exited():
     ledger = CpuLedger()
-    assert ledger.update([_process(1, 10.0, 2.0), _process(2, 11.0, 1.0)]) == {"aarch64": 3.0}
-    assert ledger.update([_process(2, 11.0, 1.5)]) == {"aarch64": 3.5}  # pid 1 exited at 2.0 s
-    # pid 2 reused by a new process: the old one's 1.5 s stay, the new one starts from 0.25
-    assert ledger.update([_process(2, 20.0, 0.25)]) == {"aarch64": 3.75}
+    assert ledger.update([_process(10, 10.0, 2.0), _process(20, 11.0, 1.0)]) == {"aarch64": 3.0}
+    assert ledger.update([_process(20, 11.0, 1.5)]) == {"aarch64": 3.5}  # pid 10 exited at 2.0 s
+    # pid 20 reused by a new process: the old one's 1.5 s stay, the new one starts from 0.25
+    assert ledger.update([_process(20, 20.0, 0.25)]) == {"aarch64": 3.75}
+
+
+def test_cpu_counter_counts_reaped_children_once():
+    ledger = CpuLedger()
+    # make (pid 10, parent not emulated) runs gcc (pid 11): each counts its own time
+    assert ledger.update([_process(10, 1.0, 1.0), _process(11, 2.0, 4.0, ppid=10)]) == {"aarch64": 5.0}
+    # gcc exited and make reaped it: its 4.5 s are now make's children time, not counted twice
+    assert ledger.update([_process(10, 1.0, 1.0, children=4.5)]) == {"aarch64": 5.5}
+    # a compiler that lived between two scans shows up through make's children time too
+    assert ledger.update([_process(10, 1.0, 1.5, children=7.5)]) == {"aarch64": 9.0}
+    # make exits: its whole tree stays counted
+    assert ledger.update([]) == {"aarch64": 9.0}
 
 
 def test_entries_of_other_kinds_are_not_emulation(tmp_path):
@@ -147,3 +167,25 @@ def test_entries_of_other_kinds_are_not_emulation(tmp_path):
 
     jar = Entry("jar", "/usr/bin/jexec", "", 0, b"", b"", True, "jar")
     assert _entries_by_interpreter([jar]) == {}
+
+
+def test_daemon_textfile_follows_emulated_processes_while_idle(ns, foreign_busybox):
+    """The daemon rewrites its textfile every METRICS_REFRESH seconds while nothing drifts, so a
+    foreign process started after its last apply shows up, and its end too."""
+    from binfmtd.daemon import METRICS_REFRESH
+    from test_daemon import check_no_failures, config_text, read, scenario
+
+    textfile = ns.workdir / "binfmtd.prom"
+    line = 'binfmtd_emulated_processes{target="aarch64",platform="linux/arm64"}'
+    wait = int((METRICS_REFRESH + 5) * 1000)
+    step, _ = scenario(ns, f"""
+        start
+        wait_until 10000 grep -qF '{line} 0' {textfile} || fail "no metrics after the first apply"
+        {shlex.quote(str(foreign_busybox['arm64']))} sleep 600 & B=$!
+        wait_until {wait} grep -qF '{line} 1' {textfile} || fail "the running process was not counted"
+        kill $B
+        wait_until {wait} grep -qF '{line} 0' {textfile} || fail "the ended process was still counted"
+        stop
+    """, config=config_text(daemon=f'textfile = "{textfile}"\n'), timeout=120)
+    check_no_failures(ns, step)
+    assert "error" not in read(ns, "daemon.log")
