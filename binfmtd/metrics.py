@@ -85,7 +85,7 @@ def prometheus_text(binfmt_misc: str | None = None, state_dir: str | None = None
 _LEDGER = None  # the daemon's CPU ledger: kept across its scrapes so the counter only grows
 
 
-def emulation_metrics(entries: list[dict], proc: str = "/proc") -> list[str]:
+def emulation_metrics(entries: list[dict]) -> list[str]:
     """Per target: how many processes run under emulation now, and the CPU seconds they used (a
     counter in the daemon, which keeps the ledger; see binfmtd.processes.CpuLedger). Every target
     with an entry has a sample, 0 when nothing runs under it; entries of no QEMU target (jar,
@@ -97,7 +97,7 @@ def emulation_metrics(entries: list[dict], proc: str = "/proc") -> list[str]:
 
     table = [Entry(e["name"], e["interpreter"], e["flags"], e["offset"], bytes.fromhex(e["magic"] or ""),
                    bytes.fromhex(e["mask"] or ""), e["enabled"]) for e in entries if e["target"]]
-    found = read_emulated(table, proc)
+    found = read_emulated(table)
     _LEDGER = _LEDGER or CpuLedger()
     cpu = _LEDGER.update(found)
     counts = per_target(found)

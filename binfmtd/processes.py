@@ -9,7 +9,9 @@ binfmt_misc's layout, seen on Linux 6.18 with QEMU 7.2 for every combination of 
     without P: interpreter, full path of the binary, argv[1], ...   (argv[0] is lost)
 
 O and F do not change it. So the foreign command line is argv[2:] with P and the binary's path
-plus argv[2:] without it.
+plus argv[2:] without it. A QEMU someone started by hand runs the same file; the auxiliary vector
+the kernel gave the process (/proc/PID/auxv) tells them apart where the entry's flags leave a
+mark there: AT_EXECFD for O, AT_FLAGS_PRESERVE_ARGV0 for P (Linux 5.12+).
 
 Finding them is one readlink per process (cheap for thousands); psutil, imported only when a
 process matches, reads the details (user, CPU time, RSS) of the few that do. Never on the boot path.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 
@@ -26,6 +29,8 @@ from binfmtd.entry import Entry
 from binfmtd.facts import target_of_entry
 
 DELETED = " (deleted)"
+PROC = "/proc"
+_AT_EXECFD, _AT_FLAGS, _AT_FLAGS_PRESERVE_ARGV0 = 2, 8, 0x1
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,7 @@ class EmulatedProcess:
     interpreter: str  # the file the process runs, as /proc/PID/exe names it
     emulator_deleted: bool  # that file was deleted or replaced on disk since the process started
     command: tuple[str, ...]  # the foreign command line
+    via_entry: bool | None  # started by the kernel through the entry; False: QEMU run by hand; None: unknown
     user: str | None
     cpu_seconds: float  # user + system
     children_cpu_seconds: float  # of its exited children it has reaped (a shell's, make's: the short-lived)
@@ -56,11 +62,32 @@ def parse_exe_link(link: str) -> tuple[str, bool]:
     return link, False
 
 
-def foreign_command(cmdline: list[str], flags: str) -> tuple[str, ...]:
-    """The foreign program's own command line from binfmt_misc's argv layout (module docstring)."""
-    if len(cmdline) < 2:
-        return tuple(cmdline)
+def foreign_command(cmdline: list[str], flags: str, via_entry: bool | None = True) -> tuple[str, ...]:
+    """The foreign program's own command line from binfmt_misc's argv layout (module docstring);
+    for a QEMU run by hand, its arguments."""
+    if len(cmdline) < 2 or via_entry is False:
+        return tuple(cmdline[1:])
     return tuple(cmdline[2:]) if "P" in flags else (cmdline[1], *cmdline[2:])
+
+
+def parse_auxv(data: bytes) -> dict[int, int]:
+    """/proc/PID/auxv: (type, value) pairs of native words, up to AT_NULL."""
+    pairs = {}
+    for key, value in struct.iter_unpack("@LL", data[:len(data) // struct.calcsize("@LL") * struct.calcsize("@LL")]):
+        if key == 0:
+            break
+        pairs[key] = value
+    return pairs
+
+
+def started_via_entry(auxv: dict[int, int], flags: str, kernel_marks_p: bool = True) -> bool | None:
+    """Whether the kernel ran the process through an entry with these flags, judged by the marks
+    those flags leave in its auxiliary vector; None where the flags leave none (neither O nor P)."""
+    if "O" in flags:
+        return _AT_EXECFD in auxv
+    if "P" in flags and kernel_marks_p:
+        return bool(auxv.get(_AT_FLAGS, 0) & _AT_FLAGS_PRESERVE_ARGV0)
+    return None
 
 
 def parse_cgroup(text: str) -> str | None:
@@ -94,7 +121,7 @@ def _entries_by_interpreter(entries) -> dict[str, list[Entry]]:
     return index
 
 
-def scan_exes(proc: str = "/proc"):
+def scan_exes(proc: str = PROC):
     """(pid, /proc/PID/exe) of every process whose executable can be read. Kernel threads have
     none; other users' processes are unreadable to non-root; a process may exit meanwhile."""
     with os.scandir(proc) as it:
@@ -106,11 +133,14 @@ def scan_exes(proc: str = "/proc"):
                     continue
 
 
-def read_emulated(entries, proc: str = "/proc") -> list[EmulatedProcess]:
-    """The processes that run one of these entries' interpreters, with their details."""
+def read_emulated(entries) -> list[EmulatedProcess]:
+    """The processes that run one of these entries' interpreters, with their details (psutil
+    reads /proc, so this does too)."""
+    from binfmtd.facts import read_kernel
+
     index = _entries_by_interpreter(entries)
     matches = []
-    for pid, link in scan_exes(proc):
+    for pid, link in scan_exes():
         path, deleted = parse_exe_link(link)
         if path in index:
             matches.append((pid, path, deleted, index[path]))
@@ -119,6 +149,7 @@ def read_emulated(entries, proc: str = "/proc") -> list[EmulatedProcess]:
     import psutil
 
     found = []
+    kernel_marks_p = read_kernel().tells_qemu_about_p
     for pid, path, deleted, candidates in matches:
         try:
             process = psutil.Process(pid)
@@ -132,9 +163,10 @@ def read_emulated(entries, proc: str = "/proc") -> list[EmulatedProcess]:
             continue
         entry = _entry_for(pid, cmdline, candidates)
         target = target_of_entry(entry)
-        cgroup = parse_cgroup(_read(f"{proc}/{pid}/cgroup"))
+        via = started_via_entry(parse_auxv(_read(f"{PROC}/{pid}/auxv", binary=True)), entry.flags, kernel_marks_p)
+        cgroup = parse_cgroup(_read(f"{PROC}/{pid}/cgroup"))
         found.append(EmulatedProcess(pid, target.name if target else None, entry.name, path, deleted,
-                                     foreign_command(cmdline, entry.flags), *details, cgroup,
+                                     foreign_command(cmdline, entry.flags, via), via, *details, cgroup,
                                      container_of_cgroup(cgroup)))
     return sorted(found, key=lambda p: (p.target or "", p.pid))
 
@@ -148,7 +180,7 @@ def _entry_for(pid: int, cmdline: list[str], candidates: list[Entry]) -> Entry:
     from binfmtd.targets import claims
 
     try:
-        with open(f"/proc/{pid}/root/{cmdline[1].lstrip('/')}", "rb") as f:
+        with open(f"{PROC}/{pid}/root/{cmdline[1].lstrip('/')}", "rb") as f:
             header = f.read(256)
     except OSError:
         return candidates[0]
@@ -160,12 +192,12 @@ def _short(text: str, width: int = 60) -> str:
     return text if len(text) <= width else text[:width - 3] + "..."
 
 
-def _read(path: str) -> str:
+def _read(path: str, binary: bool = False):
     try:
-        with open(path) as f:
+        with open(path, "rb" if binary else "r") as f:
             return f.read()
     except OSError:
-        return ""
+        return b"" if binary else ""
 
 
 def per_target(processes) -> dict[str, tuple[int, float]]:

@@ -9,8 +9,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from binfmtd.entry import Entry
-from binfmtd.processes import (CpuLedger, EmulatedProcess, container_of_cgroup, foreign_command, parse_cgroup,
-                               parse_exe_link)
+from binfmtd.processes import (CpuLedger, EmulatedProcess, container_of_cgroup, foreign_command, parse_auxv,
+                               parse_cgroup, parse_exe_link, started_via_entry)
 
 from conftest import BINFMTD, qemu
 
@@ -31,6 +31,7 @@ def test_ps_lists_a_running_foreign_busybox_with_its_target(ns, foreign_busybox)
     [process] = [p for p in ps.json()["processes"] if p["pid"] == int(pid.out)]
     assert process["target"] == "aarch64" and process["entry"] == "qemu-aarch64"
     assert process["command"] == ["sleep", "30"]  # P: the original argv[0] comes back
+    assert process["via_entry"] is True
     assert process["interpreter"] == "/usr/bin/qemu-aarch64-static" and not process["emulator_deleted"]
     assert process["user"] == "root" and process["rss_bytes"] > 1_000_000 and process["cpu_seconds"] >= 0
     assert ps.json()["targets"] == [{"target": "aarch64", "platform": "linux/arm64", "processes": 1,
@@ -96,12 +97,38 @@ def test_ps_shows_a_process_that_runs_a_deleted_emulator(ns, foreign_busybox, tm
     assert process["target"] == "aarch64"
 
 
+def test_a_qemu_started_by_hand_is_told_apart_by_its_auxiliary_vector(ns, foreign_busybox):
+    emulator = qemu("aarch64")
+    busybox = str(foreign_busybox["arm64"])
+    _, pid, ps = ns.run(f"{BINFMTD} apply aarch64", f"{emulator} {busybox} sleep 30 & echo $!; sleep 0.5",
+                        f"{BINFMTD} ps --json")
+    [process] = [p for p in ps.json()["processes"] if p["pid"] == int(pid.out)]
+    assert process["via_entry"] is False and process["target"] == "aarch64"
+    assert process["command"] == [busybox, "sleep", "30"]
+
+
 def test_ps_with_nothing_emulated_says_so(ns):
     step = ns.one(f"{BINFMTD} ps")
     assert step.rc == 0 and step.out.strip() == "no process runs under a binfmt_misc entry"
 
 
 # ---- parsers, on what the kernel printed ----
+
+@pytest.mark.parametrize("flags, auxv, via", [
+    ("POCF", {2: 3, 8: 1}, True), ("POCF", {8: 0}, False),  # O leaves AT_EXECFD
+    ("PF", {8: 1}, True), ("PF", {8: 0}, False),  # P leaves AT_FLAGS_PRESERVE_ARGV0 (5.12+)
+    ("F", {8: 0}, None),  # no mark: cannot tell
+])
+def test_started_via_entry_reads_the_marks_of_the_flags(flags, auxv, via):
+    assert started_via_entry(auxv, flags) is via
+
+
+def test_parse_auxv_stops_at_at_null():
+    import struct
+
+    data = struct.pack("@8L", 8, 1, 2, 3, 0, 0, 99, 99)
+    assert parse_auxv(data) == {8: 1, 2: 3}
+
 
 def test_exe_link_of_a_deleted_emulator():
     assert parse_exe_link("/usr/bin/qemu-aarch64-static (deleted)") == ("/usr/bin/qemu-aarch64-static", True)
@@ -138,8 +165,8 @@ def test_cgroup_and_container_id(text, cgroup, container):
 
 def _process(pid: int, started: float, cpu: float, children: float = 0.0, ppid: int = 1,
              target: str = "aarch64") -> EmulatedProcess:
-    return EmulatedProcess(pid, target, f"qemu-{target}", "/q", False, ("x",), "root", cpu, children, 1, started,
-                           ppid, None, None)
+    return EmulatedProcess(pid, target, f"qemu-{target}", "/q", False, ("x",), True, "root", cpu, children, 1,
+                           started, ppid, None, None)
 
 
 def test_cpu_counter_keeps_the_time_of_processes_that_exited():
