@@ -109,8 +109,8 @@ def emulation_metrics(entries: list[dict]) -> list[str]:
     return ["# HELP binfmtd_emulated_processes Processes running under the target's binfmt_misc entry now.",
             "# TYPE binfmtd_emulated_processes gauge",
             *(f"binfmtd_emulated_processes{labels(n)} {counts.get(n, (0, 0.0))[0]}" for n in names),
-            "# HELP binfmtd_emulated_cpu_seconds_total CPU seconds (user+system) used by processes running "
-            "under the target's entry.",
+            ("# HELP binfmtd_emulated_cpu_seconds_total CPU seconds (user+system) used by processes running "
+             "under the target's entry."),
             "# TYPE binfmtd_emulated_cpu_seconds_total counter",
             *(f"binfmtd_emulated_cpu_seconds_total{labels(n)} {round(cpu.get(n, 0.0), 2)!r}" for n in names)]
 

@@ -6,13 +6,21 @@ import shlex
 import shutil
 
 import pytest
+from conftest import BINFMTD, qemu
 from prometheus_client.parser import text_string_to_metric_families
 
 from binfmtd.entry import Entry
-from binfmtd.processes import (CpuLedger, EmulatedProcess, container_of_cgroup, foreign_command, parse_auxv,
-                               parse_cgroup, parse_exe_link, started_via_entry)
+from binfmtd.processes import (
+    CpuLedger,
+    EmulatedProcess,
+    container_of_cgroup,
+    foreign_command,
+    parse_auxv,
+    parse_cgroup,
+    parse_exe_link,
+    started_via_entry,
+)
 
-from conftest import BINFMTD, qemu
 
 def start(busybox, *args: str, argv0: str | None = None) -> str:
     """A step that starts a foreign busybox in the background and prints its PID; the process
@@ -199,8 +207,9 @@ def test_entries_of_other_kinds_are_not_emulation(tmp_path):
 def test_daemon_textfile_follows_emulated_processes_while_idle(ns, foreign_busybox):
     """The daemon rewrites its textfile every METRICS_REFRESH seconds while nothing drifts, so a
     foreign process started after its last apply shows up, and its end too."""
-    from binfmtd.daemon import METRICS_REFRESH
     from test_daemon import check_no_failures, config_text, read, scenario
+
+    from binfmtd.daemon import METRICS_REFRESH
 
     textfile = ns.workdir / "binfmtd.prom"
     line = 'binfmtd_emulated_processes{target="aarch64",platform="linux/arm64"}'

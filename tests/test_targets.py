@@ -6,13 +6,12 @@ import shlex
 from pathlib import Path
 
 import pytest
+from conftest import BINFMT_MISC, BINFMTD, need, qemu
 
 from binfmtd import probes
 from binfmtd.entry import unescape
 from binfmtd.facts import native_targets
 from binfmtd.targets import BY_NAME, TARGETS, claims, family_of_machine, lookup
-
-from conftest import BINFMT_MISC, BINFMTD, need, qemu
 
 QEMU_10_TARGETS = set("""i386 i486 alpha arm armeb sparc sparc32plus sparc64 ppc ppc64 ppc64le m68k mips mipsel
 mipsn32 mipsn32el mips64 mips64el sh4 sh4eb s390x aarch64 aarch64_be hppa riscv32 riscv64 xtensa xtensaeb
