@@ -143,14 +143,14 @@ def read_emulated(entries) -> list[EmulatedProcess]:
     for pid, link in scan_exes():
         path, deleted = parse_exe_link(link)
         if path in index:
-            matches.append((pid, path, deleted, index[path]))
+            matches.append((pid, link, path, deleted, index[path]))
     if not matches:
         return []
     import psutil
 
     found = []
     kernel_marks_p = read_kernel().tells_qemu_about_p
-    for pid, path, deleted, candidates in matches:
+    for pid, link, path, deleted, candidates in matches:
         try:
             process = psutil.Process(pid)
             with process.oneshot():
@@ -159,9 +159,11 @@ def read_emulated(entries) -> list[EmulatedProcess]:
                 details = (process.username(), times.user + times.system,
                            times.children_user + times.children_system, process.memory_info().rss,
                            process.create_time(), process.ppid())
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            if os.readlink(f"{PROC}/{pid}/exe") != link:  # the PID was reused since the scan
+                continue
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
             continue
-        entry = _entry_for(pid, cmdline, candidates)
+        entry = _entry_for(candidates)
         target = target_of_entry(entry)
         via = started_via_entry(parse_auxv(_read(f"{PROC}/{pid}/auxv", binary=True)), entry.flags, kernel_marks_p)
         cgroup = parse_cgroup(_read(f"{PROC}/{pid}/cgroup"))
@@ -171,21 +173,15 @@ def read_emulated(entries) -> list[EmulatedProcess]:
     return sorted(found, key=lambda p: (p.target or "", p.pid))
 
 
-def _entry_for(pid: int, cmdline: list[str], candidates: list[Entry]) -> Entry:
-    """The entry that started the process. Entries sharing an interpreter (i386 and i486 both run
-    qemu-i386) are told apart by which one claims the binary's header, read through the
-    process's own root (it may be a container's)."""
-    if len(candidates) == 1 or len(cmdline) < 2:
-        return candidates[0]
-    from binfmtd.targets import claims
-
-    try:
-        with open(f"{PROC}/{pid}/root/{cmdline[1].lstrip('/')}", "rb") as f:
-            header = f.read(256)
-    except OSError:
-        return candidates[0]
-    return next((e for e in candidates if e.enabled and claims(e.magic, e.mask or b"\xff" * len(e.magic),
-                                                               e.offset, header)), candidates[0])
+def _entry_for(candidates: list[Entry]) -> Entry:
+    """The entry that started the process, among those with its interpreter: normally one. i386
+    and i486 share qemu-i386; the target named after its emulator wins. (Telling them apart by
+    the binary's header would mean opening a path the process chose, as root: a FIFO or a device
+    there could hang or disturb the daemon.)"""
+    def own_emulator(entry: Entry) -> bool:
+        target = target_of_entry(entry)
+        return bool(target) and target.name == target.qemu and entry.name == target.entry_name
+    return next((e for e in candidates if own_emulator(e)), candidates[0])
 
 
 def _short(text: str, width: int = 60) -> str:

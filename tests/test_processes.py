@@ -225,3 +225,12 @@ def test_daemon_textfile_follows_emulated_processes_while_idle(ns, foreign_busyb
     """, config=config_text(daemon=f'textfile = "{textfile}"\n'), timeout=120)
     check_no_failures(ns, step)
     assert "error" not in read(ns, "daemon.log")
+
+
+def test_i386_wins_over_i486_which_shares_its_emulator():
+    from binfmtd.processes import _entry_for
+    from binfmtd.targets import BY_NAME
+
+    i386, i486 = (Entry(f"qemu-{t}", "/usr/bin/qemu-i386-static", "POCF", 0, BY_NAME[t].magic, BY_NAME[t].mask)
+                  for t in ("i386", "i486"))
+    assert _entry_for([i486, i386]) is i386 and _entry_for([i486]) is i486
