@@ -102,6 +102,31 @@ def _shown_version(entry: dict) -> str:
     return f"{version} (on disk)" if unsure and entry["qemu_version"] else version
 
 
+@app.command("ps")
+def ps_cmd(as_json: bool = JsonOpt) -> None:
+    """List the processes running under emulation: target, PID, user, CPU, RSS, container, command."""
+    from binfmtd.processes import processes_report
+
+    def produce() -> dict:
+        result = processes_report()
+        for warning in result["warnings"]:
+            say("warning", warning)
+        return result
+
+    def render(result: dict) -> None:
+        if not result["processes"]:
+            print("no process runs under a binfmt_misc entry")
+            return
+        rows = [["TARGET", "PID", "USER", "CPU", "RSS", "CONTAINER", "EMULATOR", "COMMAND"]]
+        rows += [[p["target"] or p["entry"], p["pid"], p["user"] or "-", f"{p['cpu_seconds']:.2f}s",
+                  f"{p['rss_bytes'] / 2**20:.1f}M", (p["container"] or "-")[:12],
+                  "DELETED" if p["emulator_deleted"] else "current", " ".join(p["command"])]
+                 for p in result["processes"]]
+        table(rows)
+        print(", ".join(f"{t['target']}: {t['processes']} ({t['cpu_seconds']:.2f}s CPU)" for t in result["targets"]))
+    _exit(finish(produce, as_json, render))
+
+
 @app.command("check")
 def check_cmd(targets: Optional[List[str]] = TargetsArg, as_json: bool = JsonOpt,
               config: Optional[str] = ConfigOpt) -> None:

@@ -210,10 +210,16 @@ def remove(names=(), all_targets=False, force=False, check=False, config_file: s
     def present(host: facts.Host) -> tuple[Target, ...]:  # --all reports what is there, not every target
         return targets if names else tuple(t for t in targets if host.binfmt_misc.entry(t.entry_name))
 
+    def warn_running(plan: Plan) -> Plan:  # removing an entry does not stop what runs under it
+        from binfmtd.processes import running_under
+
+        plan.warnings += running_under([a.old for a in plan.actions if a.action == "removed" and a.old])
+        return plan
+
     if check:
         host = facts.read_host(path)
-        return _report(plan_remove(present(host), host, settled_state(state_dir, path), force, _restore_problem),
-                       True, [])
+        return _report(warn_running(plan_remove(present(host), host, settled_state(state_dir, path), force,
+                                                _restore_problem)), True, [])
     _require_root_and_kernel(facts.read_kernel())
     from binfmtd.act import execute, recover
 
@@ -221,7 +227,7 @@ def remove(names=(), all_targets=False, force=False, check=False, config_file: s
         state = load_state(state_dir)
         recovered = recover(path, state_dir, state)
         host = facts.read_host(path)
-        plan = plan_remove(present(host), host, state, force, _restore_problem)
+        plan = warn_running(plan_remove(present(host), host, state, force, _restore_problem))
         plan.warnings[:0] = recovered
         outcome = execute(plan, path, host.kernel, state_dir, state)
     return _report(plan, False, outcome.errors)

@@ -59,6 +59,7 @@ BOOT_ID = "/proc/sys/kernel/random/boot_id"
 DEFAULTS = Config("")
 LOCK_TIMEOUT = 5.0  # seconds an apply waits for another binfmtd's lock before retrying later
 RETRY_MAX = 300.0  # seconds between applies while targets fail: interval (1 s at least), doubling
+METRICS_REFRESH = 15.0  # seconds between textfile rewrites while idle (emulated processes change)
 ERR, WARNING, NOTICE, INFO = 3, 4, 5, 6  # syslog priorities, as journald reads them
 
 
@@ -385,6 +386,7 @@ class Daemon:
         self.reported: set[tuple[int, str]] = set()  # the problems and notes logged and still true
         self.apply_problems: set[tuple[int, str]] = set()  # those the last apply found
         self.repairs = 0
+        self.metrics_written = 0.0  # monotonic time of the last textfile write
         self.status = ""
         self.ready = False  # STATUS= goes out with READY=1 first
 
@@ -485,6 +487,7 @@ class Daemon:
         """The [daemon] textfile for node_exporter, rewritten after each apply; a problem if not."""
         from binfmtd.metrics import prometheus_text, write_textfile
 
+        self.metrics_written = time.monotonic()
         try:
             write_textfile(textfile, prometheus_text(self.path, self.state_dir))
         except (OSError, BinfmtdError) as exc:
@@ -537,6 +540,9 @@ class Daemon:
         drift = find_drift(table, self.watch, self.path)
         if not drift.changes:
             self.mark_ready()
+            textfile = self.settings.daemon_textfile
+            if textfile and time.monotonic() - self.metrics_written >= METRICS_REFRESH:
+                self._report(self.reported | self._write_metrics(textfile))
             return None
         self.log(NOTICE, "drift: " + "; ".join(drift.changes))
         for name, why in drift.left.items():

@@ -73,6 +73,7 @@ def prometheus_text(binfmt_misc: str | None = None, state_dir: str | None = None
     gauge("binfmtd_target_verified", "Whether the target's probe passed in the last binfmtd verify.",
           [(_labels(target=name, platform=target.platform), int(ok))
            for target in TARGETS for name, ok in results.items() if name == target.name])
+    lines.extend(emulation_metrics(status["entries"]))
     try:
         last_apply = load_state(state_dir).last_apply
     except BinfmtdError:  # status above already said why; the other samples are still true
@@ -83,6 +84,39 @@ def prometheus_text(binfmt_misc: str | None = None, state_dir: str | None = None
         if value is not None:
             gauge(name, help_text, [("", value)])
     return "\n".join(lines) + "\n"
+
+
+_LEDGER = None  # the daemon's CPU ledger: kept across its scrapes so the counter only grows
+
+
+def emulation_metrics(entries: list[dict]) -> list[str]:
+    """Per target: how many processes run under emulation now, and the CPU seconds they used (a
+    counter in the daemon, which keeps the ledger; see binfmtd.processes.CpuLedger). Every target
+    with an entry has a sample, 0 when nothing runs under it; entries of no QEMU target (jar,
+    python) are not emulation and are left out."""
+    global _LEDGER
+    from binfmtd.entry import Entry
+    from binfmtd.processes import CpuLedger, per_target, read_emulated
+    from binfmtd.targets import BY_NAME
+
+    table = [Entry(e["name"], e["interpreter"], e["flags"], e["offset"], bytes.fromhex(e["magic"] or ""),
+                   bytes.fromhex(e["mask"] or ""), e["enabled"]) for e in entries if e["target"]]
+    found = read_emulated(table)
+    _LEDGER = _LEDGER or CpuLedger()
+    cpu = _LEDGER.update(found)
+    counts = per_target(found)
+    names = sorted({e["target"] for e in entries if e["target"]} | set(counts) | set(cpu))
+
+    def labels(name: str) -> str:
+        target = BY_NAME.get(name)
+        return _labels(target=name, platform=target.platform if target else None)
+    return ["# HELP binfmtd_emulated_processes Processes running under the target's binfmt_misc entry now.",
+            "# TYPE binfmtd_emulated_processes gauge",
+            *(f"binfmtd_emulated_processes{labels(n)} {counts.get(n, (0, 0.0))[0]}" for n in names),
+            ("# HELP binfmtd_emulated_cpu_seconds_total CPU seconds (user+system) used by processes running "
+             "under the target's entry."),
+            "# TYPE binfmtd_emulated_cpu_seconds_total counter",
+            *(f"binfmtd_emulated_cpu_seconds_total{labels(n)} {round(cpu.get(n, 0.0), 2)!r}" for n in names)]
 
 
 def write_textfile(path: str, text: str) -> None:

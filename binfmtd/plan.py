@@ -97,6 +97,8 @@ def _plan_target(target: Target, flags: str, desired: Desired, host: Host,
         if current is not None and state.owns(current):
             return _remove_vanished(target, current, state)
         reason = f"no interpreter: {interpreter.problem}; {interpreter.fix}"
+        if target.removed_in:  # say so, or the sysadmin goes looking for a package that cannot exist
+            reason += f" (QEMU {target.removed_in} and later have no {target.name} emulator)"
         if current is not None and current.enabled and "F" in current.flags:
             reason += (f"; entry {name} (not binfmtd's) keeps running the emulator it pinned at registration, "
                        "removed from disk since")

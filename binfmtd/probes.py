@@ -58,6 +58,7 @@ _PF_X, _PF_W, _PF_R = 1, 2, 4
 _EM_SPARC, _EM_386, _EM_68K, _EM_MIPS, _EM_486 = 2, 3, 4, 8, 6
 _EM_PARISC, _EM_SPARC32PLUS, _EM_PPC, _EM_PPC64, _EM_S390 = 15, 18, 20, 21, 22
 _EM_ARM, _EM_SH, _EM_SPARCV9, _EM_X86_64, _EM_OPENRISC, _EM_XTENSA = 40, 42, 43, 62, 92, 94
+_EM_CRIS, _EM_ALTERA_NIOS2 = 76, 113
 _EM_HEXAGON, _EM_AARCH64, _EM_RISCV, _EM_LOONGARCH = 164, 183, 243, 258
 _EM_ALPHA = 0x9026  # the unofficial number every Linux alpha binary carries
 _EM_MICROBLAZE_OLD = 0xBAAB  # QEMU accepts it and 189 alike; binfmt tables (ours too) match only this
@@ -647,6 +648,68 @@ _HEXAGON = (  # number in r6, arguments in r0..r2, `trap0(#1)`; generic system c
 )
 
 
+# ---- CRIS v32 (QEMU's linux-user CPU): 16-bit little-endian words, branches have a delay slot ------
+# Number in r9, arguments in r10..r12, `break 13`. `move.d [pc+], rd` loads the 32-bit word after it.
+
+_CRIS = (
+    "6f ae 00 00 41 00",  # move.d 0x410000, r10
+    "6f 9e 7a 00 00 00",  # move.d 122, r9          __NR_uname (newuname)
+    "3d e9",  #             break  13
+    "41 a2",  #             moveq  1, r10
+    "6f be 00 01 40 00",  # move.d 0x400100, r11     marker
+    "4e c2",  #             moveq  14, r12
+    "44 92",  #             moveq  4, r9            __NR_write
+    "3d e9",  #             break  13
+    "6f de 04 01 41 00",  # move.d 0x410104, r13     machine
+    "6d c6",  #             move.d r13, r12
+    "4c 9c",  #             loop: movu.b [r12+], r9  (sets Z)
+    "ff 20",  #             bne    loop
+    "b0 05",  #             nop                      (delay slot)
+    "81 c2",  #             subq   1, r12            r12 = the NUL
+    "4a 92",  #             moveq  10, r9
+    "cc 9b",  #             move.b r9, [r12]
+    "01 c2",  #             addq   1, r12
+    "ad c6",  #             sub.d  r13, r12
+    "41 a2",  #             moveq  1, r10
+    "6d b6",  #             move.d r13, r11
+    "44 92",  #             moveq  4, r9            __NR_write
+    "3d e9",  #             break  13
+    "40 a2",  #             moveq  0, r10
+    "6f 9e fc 00 00 00",  # move.d 252, r9          __NR_exit_group
+    "3d e9",  #             break  13
+)
+
+# ---- Nios II (R1): generic system call table, no delay slots ---------------------------------------
+
+_NIOS2 = (  # number in r2, arguments in r4..r6, `trap`
+    0x01001074,  # movhi r4, 0x41
+    0x00802804,  # movi  r2, 160               __NR_uname
+    0x003B683A,  # trap
+    0x01000044,  # movi  r4, 1
+    0x01401034,  # movhi r5, 0x40
+    0x29404014,  # ori   r5, r5, 0x100         marker
+    0x01800384,  # movi  r6, 14
+    0x00801004,  # movi  r2, 64                __NR_write
+    0x003B683A,  # trap
+    0x01401074,  # movhi r5, 0x41
+    0x29404114,  # ori   r5, r5, 0x104         machine
+    0x280D883A,  # mov   r6, r5
+    0x31C00003,  # loop: ldbu r7, 0(r6)
+    0x38000226,  # beq   r7, zero, done
+    0x31800044,  # addi  r6, r6, 1
+    0x003FFC06,  # br    loop
+    0x01C00284,  # done: movi r7, 10
+    0x31C00005,  # stb   r7, 0(r6)
+    0x314DC83A,  # sub   r6, r6, r5
+    0x31800044,  # addi  r6, r6, 1
+    0x01000044,  # movi  r4, 1
+    0x00801004,  # movi  r2, 64                __NR_write
+    0x003B683A,  # trap
+    0x01000004,  # movi  r4, 0
+    0x00801784,  # movi  r2, 94                __NR_exit_group
+    0x003B683A,  # trap
+)
+
 # ---- The table ----------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -675,6 +738,7 @@ _SH_SH4 = 0x9
 _PARISC_1_1 = 0x210
 _XTENSA_XT_INSN_LIT = 0x300
 _HEXAGON_V67 = 0x67  # QEMU 7.2 accepts v5..v67 and refuses other values
+_CRIS_VARIANT_V32 = 0x2  # the code is CRIS v32, the CPU QEMU's linux-user emulates (v10 would hang)
 
 
 def _xtensa(column: int) -> bytes:
@@ -722,6 +786,8 @@ _SPECS: dict[str, _Spec] = {
     "xtensa": _Spec(32, _LE, _EM_XTENSA, _XTENSA_XT_INSN_LIT, _xtensa(0), "xtensa"),
     "xtensaeb": _Spec(32, _BE, _EM_XTENSA, _XTENSA_XT_INSN_LIT, _xtensa(1), "xtensa"),
     "hexagon": _Spec(32, _LE, _EM_HEXAGON, _HEXAGON_V67, _pack(_HEXAGON, _LE), "hexagon"),
+    "cris": _Spec(32, _LE, _EM_CRIS, _CRIS_VARIANT_V32, bytes.fromhex("".join(_CRIS)), "cris"),
+    "nios2": _Spec(32, _LE, _EM_ALTERA_NIOS2, 0, _pack(_NIOS2, _LE), "nios2"),
 }
 
 # What `uname -m` prints under Debian 12's QEMU 7.2 (/usr/bin/qemu-<target>-static) for each

@@ -1,7 +1,12 @@
 """The table of QEMU user-mode targets: data in one place.
 
 Magic and mask are QEMU 10's `scripts/qemu-binfmt-conf.sh`, byte for byte, except where marked
-FIX (QEMU's value does not match real binaries). `family` is the script's CPU family: a host runs
+FIX (QEMU's value does not match real binaries). The table covers every linux-user target of the
+QEMU versions current Debian and Ubuntu LTS releases ship (6.2 in Ubuntu 22.04 to 10.x in Debian
+13): QEMU's script lists all of them but two, cris and nios2, which QEMU dropped (`removed_in`) but
+Debian 12's and Ubuntu 24.04's qemu-user-static still ship; their entries follow Debian's table.
+ppc64abi32 (QEMU 6.2 only) has no entry of its own: its binaries are ordinary 32-bit PowerPC ELF
+files, which the ppc entry claims. `family` is the script's CPU family: a host runs
 every target of its own family natively, so those are never registered (a host emulating itself
 loops: the interpreter is claimed by its own entry and exec fails with ELOOP).
 `platforms` are the container world's names (OCI/Go); `aliases` are other common spellings
@@ -22,6 +27,7 @@ class Target:
     platforms: tuple[str, ...] = ()
     aliases: tuple[str, ...] = ()
     emulator: str = ""  # QEMU binary suffix when it is not the target name (i486 runs on qemu-i386)
+    removed_in: str = ""  # the QEMU release that dropped the target: newer QEMUs have no emulator for it
 
     @property
     def entry_name(self) -> str:
@@ -169,6 +175,17 @@ TARGETS: tuple[Target, ...] = (
            b"\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x02\x01",
            b"\xff\xff\xff\xff\xff\xff\xff\xfc\x00\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff",
            ("linux/loong64",), ("loong64",)),
+    # Not in QEMU's script. cris: Debian's table (debian/binfmt-install); QEMU 9.2 dropped it.
+    Target("cris", "cris",
+           b"\x7fELF\x01\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x4c\x00",
+           b"\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff",
+           removed_in="9.2"),
+    # nios2 (EM_ALTERA_NIOS2, 113): in no table, Debian's included; the little-endian 32-bit
+    # pattern every such entry uses. QEMU 9.1 dropped it.
+    Target("nios2", "nios2",
+           b"\x7fELF\x01\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x71\x00",
+           b"\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff",
+           removed_in="9.1"),
 )
 
 BY_NAME: dict[str, Target] = {t.name: t for t in TARGETS}

@@ -10,7 +10,7 @@ from conftest import BINFMTD
 def samples(text: str) -> dict:
     found = {}
     for family in text_string_to_metric_families(text):
-        assert family.type == "gauge"
+        assert family.type == ("counter" if family.name == "binfmtd_emulated_cpu_seconds" else "gauge")
         for sample in family.samples:
             found[(sample.name, sample.labels.get("target"))] = (sample.value, sample.labels)
     return found

@@ -19,6 +19,8 @@ def _emulator(target: str) -> Path:
     path = Path(f"/usr/bin/qemu-{targets.BY_NAME[target].qemu}-static")
     if not path.exists():
         reason = f"{path} is not installed (Debian package qemu-user-static)"
+        if targets.BY_NAME[target].removed_in:  # a QEMU newer than the probe's target: nothing to install
+            pytest.skip(f"{reason}; QEMU {targets.BY_NAME[target].removed_in} and later have no such emulator")
         if os.environ.get("CI") == "true":
             pytest.fail(reason)
         pytest.skip(reason)
@@ -82,7 +84,7 @@ def test_supported_targets_are_binfmtd_targets_with_an_expected_machine():
 
 def test_build_probe_refuses_an_unknown_target():
     with pytest.raises(KeyError):
-        probes.build_probe("cris")
+        probes.build_probe("ppc64abi32")
 
 
 @pytest.mark.parametrize(

@@ -1,13 +1,17 @@
-"""The target table against QEMU's script and Debian's binfmt files."""
+"""The target table against QEMU's script and Debian's binfmt files, and on the real kernel:
+every emulator the supported distributions ship gets its entry."""
 
+import os
+import shlex
 from pathlib import Path
 
 import pytest
+from conftest import BINFMT_MISC, BINFMTD, need, qemu
 
+from binfmtd import probes
 from binfmtd.entry import unescape
+from binfmtd.facts import native_targets
 from binfmtd.targets import BY_NAME, TARGETS, claims, family_of_machine, lookup
-
-from conftest import need
 
 QEMU_10_TARGETS = set("""i386 i486 alpha arm armeb sparc sparc32plus sparc64 ppc ppc64 ppc64le m68k mips mipsel
 mipsn32 mipsn32el mips64 mips64el sh4 sh4eb s390x aarch64 aarch64_be hppa riscv32 riscv64 xtensa xtensaeb
@@ -32,8 +36,32 @@ EXPLAINED = {
 }
 
 
+# The linux-user targets (configs/targets/*-linux-user.mak) of the QEMU releases that current Debian
+# and Ubuntu LTS releases ship: Ubuntu 22.04 6.2, Debian 12 7.2, Ubuntu 24.04 8.2, Debian 13 and
+# bookworm-backports 10.0. QEMU 7.0 dropped ppc64abi32, 7.1 added loongarch64, 9.1 dropped nios2 and
+# 9.2 cris (docs/about/removed-features.rst).
+LINUX_USER_TARGETS = {
+    "6.2": QEMU_10_TARGETS - {"loongarch64"} | {"cris", "nios2", "ppc64abi32"},
+    "7.2": QEMU_10_TARGETS | {"cris", "nios2"},
+    "8.2": QEMU_10_TARGETS | {"cris", "nios2"},
+    "10.0": QEMU_10_TARGETS,
+}
+# ppc64abi32 ran 32-bit PowerPC binaries, which the ppc entry claims: it cannot have its own entry.
+NO_ENTRY_OF_ITS_OWN = {"ppc64abi32"}
+
+
 def test_table_has_every_qemu_10_target():
     assert {t.name for t in TARGETS} >= QEMU_10_TARGETS
+
+
+@pytest.mark.parametrize("version", LINUX_USER_TARGETS)
+def test_table_covers_every_linux_user_target_a_supported_distribution_ships(version):
+    assert {t.name for t in TARGETS} >= LINUX_USER_TARGETS[version] - NO_ENTRY_OF_ITS_OWN
+
+
+def test_targets_qemu_dropped_say_since_when():
+    assert (BY_NAME["cris"].removed_in, BY_NAME["nios2"].removed_in) == ("9.2", "9.1")
+    assert all(not t.removed_in for t in TARGETS if t.name in QEMU_10_TARGETS)
 
 
 @pytest.mark.parametrize("target", TARGETS, ids=lambda t: t.name)
@@ -69,7 +97,7 @@ def test_table_matches_debian_except_for_explained_differences(target):
     theirs = debian_entry(target.name)
     if theirs is None:
         # Debian ships no entry for its own CPU family (x86 on amd64) nor for targets it lacks.
-        assert target.name in ("i386", "i486", "x86_64", "aarch64_be", "microblazeel", "or1k")
+        assert target.name in ("i386", "i486", "x86_64", "aarch64_be", "microblazeel", "or1k", "nios2")
         return
     assert differing_offsets((target.magic, target.mask), theirs) == EXPLAINED.get(target.name, set())
     # QEMU's magic is a real header (EV_CURRENT, ET_EXEC, the right e_machine): both tables claim it.
@@ -109,3 +137,31 @@ def test_unknown_spelling_is_not_guessed():
 ])
 def test_host_family_follows_qemus_script(machine, family):
     assert family_of_machine(machine) == family
+
+
+def test_apply_all_registers_cris_and_skips_a_target_whose_emulator_is_missing(ns, tmp_path, root_only_dir):
+    """Debian 12 ships qemu-cris-static: `apply --all` registers it and a cris binary runs through
+    the kernel's entry. A target without an emulator on disk (here nios2, hidden by
+    interpreter_dirs) is skipped with a reason that says why it cannot be installed from QEMU 10."""
+    qemu("cris")
+    native = {t.name for t in native_targets()}
+    emulators = root_only_dir  # binfmtd trusts an emulator only where root alone controls the path
+    for t in TARGETS:
+        if t.name not in native and t.name != "nios2" and os.path.exists(f"/usr/bin/qemu-{t.qemu}-static"):
+            (emulators / f"qemu-{t.qemu}-static").symlink_to(f"/usr/bin/qemu-{t.qemu}-static")
+    (tmp_path / "c.toml").write_text(f'interpreter_dirs = ["{emulators}"]\n')
+    probe = tmp_path / "probe-cris"
+    probe.write_bytes(probes.build_probe("cris"))
+    probe.chmod(0o755)
+
+    apply, entry, run = ns.run(f"{BINFMTD} apply --all --json --config {tmp_path / 'c.toml'}",
+                               f"cat {BINFMT_MISC}/qemu-cris", shlex.quote(str(probe)))
+
+    assert apply.rc == 0, apply.err
+    results = {r["target"]: r for r in apply.json()["results"]}
+    assert results["cris"]["action"] == "registered"
+    assert results["nios2"]["action"] == "skipped"
+    assert "qemu-nios2-static not found" in results["nios2"]["reason"]
+    assert "QEMU 9.1 and later have no nios2 emulator" in results["nios2"]["reason"]
+    assert "interpreter /usr/bin/qemu-cris-static" in entry.out and "flags: POCF" in entry.out  # the resolved link
+    assert (run.rc, run.out) == (0, f"{probes.MARKER}cris\n"), run.err
