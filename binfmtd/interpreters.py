@@ -246,34 +246,27 @@ def parse_elf_section(header: bytes, read_at, name: bytes) -> tuple[int, int] | 
     return None
 
 
-def qemu_version(path: str, timeout: float = 5.0, pass_fds: tuple[int, ...] = ()) -> str | None:
-    """`qemu-x --version`'s version number (for `check`; never on the apply path)."""
-    import subprocess
-
-    try:
-        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=timeout,
-                             pass_fds=pass_fds).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    first = out.splitlines()[0] if out else ""
-    words = first.split()
-    return words[words.index("version") + 1] if "version" in words[:-1] else (first or None)
+def qemu_version(path: str) -> str | None:
+    """The version `path --version` would print, read from the banner stored in the file."""
+    identity = emulator_identity(path)
+    return identity and identity["version"]
 
 
 # -- which file an emulator is ------------------------------------------------------------------
 # With F the kernel opens the emulator at registration and keeps that very file (inode) for the
 # entry's lifetime: a package upgrade renames a new file over the path and the entry goes on
 # running the old one. So binfmtd records the file it registered (device, inode, size, mtime:
-# a rename or an in-place rewrite changes one of them) and the QEMU version it reports, and
-# compares that with the path now. stat() costs a microsecond; `--version` costs a process
-# (20-30 ms), so it runs only for a file no known identity describes, once per file and process.
+# a rename or an in-place rewrite changes one of them) and the QEMU version it states, and
+# compares that with the path now. The version is read from the banner QEMU stores in its
+# read-only data (what `--version` prints, found without running anything: a fraction of a
+# millisecond against a process's 20-30 ms, which kept a fresh boot's apply slow).
 
 _versions: dict[tuple, str | None] = {}
 
 
 def looks_like_qemu(path: str) -> bool:
-    """Only QEMU is asked its version: an entry's interpreter may be anything (FEX, box64, a
-    script), and `--version` means nothing to some of them."""
+    """Only QEMU has a version to read: an entry's interpreter may be anything (FEX, box64, a
+    script), and large non-QEMU files are not searched for a banner they lack."""
     return os.path.basename(path).startswith("qemu-")
 
 
@@ -285,43 +278,33 @@ def same_file(a: dict | None, b: dict | None) -> bool:
     return a is not None and b is not None and file_key(a) == file_key(b)
 
 
+def version_of_banner(banner: str | None) -> str | None:
+    """"qemu-aarch64 version 7.2.22 (Debian ...)" -> "7.2.22"."""
+    words = (banner or "").split()
+    return words[words.index("version") + 1] if "version" in words[:-1] else None
+
+
 def emulator_identity(path: str, version: bool = True, known: tuple[dict, ...] = ()) -> dict | None:
     """Which file `path` is now (symlinks followed, as the kernel's open follows them):
     {"path", "dev", "ino", "size", "mtime", "version"}, or None when nothing is there. The
-    version comes from a known identity of the same file, else from running it (with `version`)."""
-    try:
-        st = os.stat(path)
+    version comes from a known identity of the same file, else from its banner (with `version`)."""
+    try:  # O_NONBLOCK: another tool's interpreter path may name a FIFO
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return None
-    identity = {"path": os.path.realpath(path), "dev": st.st_dev, "ino": st.st_ino, "size": st.st_size,
-                "mtime": st.st_mtime_ns, "version": None}
-    key = file_key(identity)
-    for other in known:
-        if other and file_key(other) == key and other.get("version"):
-            identity["version"] = other["version"]
-            return identity
-    if version and looks_like_qemu(identity["path"]):
-        if key not in _versions:  # the real file: Debian's <target>-binfmt-P links make QEMU read argv differently
-            _versions[key] = qemu_version(identity["path"])
-        identity["version"] = _versions[key]
-    return identity
+    try:
+        return identity_of_open_file(fd, os.path.realpath(path), version, known)
+    finally:
+        os.close(fd)
 
 
 def add_versions(identities: list[dict | None], known: tuple[dict, ...] = ()) -> None:
-    """Fill in each identity's version (in place): from a known identity of the same file, else by
-    running the files, in parallel (a first `apply --all` asks some thirty emulators at once)."""
-    missing = [i for i in identities if i and not i.get("version")]
-    for identity in missing:
-        identity["version"] = next((k["version"] for k in known if same_file(k, identity) and k.get("version")), None)
-    todo = {file_key(i): i["path"] for i in missing
-            if not i["version"] and file_key(i) not in _versions and looks_like_qemu(i["path"])}
-    if todo:
-        from concurrent.futures import ThreadPoolExecutor  # only when a process is needed: not on a no-op
-
-        with ThreadPoolExecutor(max_workers=min(8, len(todo))) as pool:
-            _versions.update(zip(todo, pool.map(qemu_version, todo.values())))
-    for identity in missing:
-        identity["version"] = identity["version"] or _versions.get(file_key(identity))
+    """Fill in each identity's version (in place), if the file at its path is still that file."""
+    for identity in identities:
+        if identity and not identity.get("version"):
+            again = emulator_identity(identity["path"], True, known)
+            if same_file(again, identity):
+                identity["version"] = again["version"]
 
 
 def describe_version(identity: dict | None) -> str:
@@ -331,14 +314,16 @@ def describe_version(identity: dict | None) -> str:
 
 def identity_of_open_file(fd: int, path: str, version: bool = True, known: tuple[dict, ...] = ()) -> dict:
     """emulator_identity of a file held open (e.g. /proc/PID/exe of a probe: the file the kernel
-    really ran, deleted from disk or not); its version by running that very file."""
+    really ran, deleted from disk or not); its version from that very file's banner."""
     st = os.fstat(fd)
     identity = {"path": path, "dev": st.st_dev, "ino": st.st_ino, "size": st.st_size, "mtime": st.st_mtime_ns,
                 "version": None}
     key = file_key(identity)
     identity["version"] = next((k["version"] for k in known if k and file_key(k) == key and k.get("version")), None)
-    if identity["version"] is None and version and looks_like_qemu(path):
+    if identity["version"] is None and version and looks_like_qemu(path) and stat.S_ISREG(st.st_mode):
         if key not in _versions:
-            _versions[key] = qemu_version(f"/proc/self/fd/{fd}", pass_fds=(fd,))
+            def read_at(offset: int, size: int) -> bytes:
+                return os.pread(fd, size, offset)
+            _versions[key] = version_of_banner(find_qemu_banner(os.pread(fd, 64, 0), read_at))
         identity["version"] = _versions[key]
     return identity

@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from binfmtd.entry import Entry, escape
 from binfmtd.facts import BinfmtMisc, Host, parse_kernel_release
-from binfmtd.interpreters import Interpreter, qemu_version
+from binfmtd.interpreters import Interpreter
 from binfmtd.plan import Desired, plan_apply
 from binfmtd.state import Owned, State, format_state, parse_state
 from binfmtd.targets import BY_NAME, TARGETS
@@ -30,6 +30,13 @@ from conftest import BINFMT_MISC, BINFMTD, FOREIGN, ROOT, host_table, need
 
 BACKPORTS_QEMU = FOREIGN / "qemu-backports" / "usr" / "bin"
 OLD = "/usr/bin/qemu-aarch64-static"
+
+
+def qemu_version(path: str) -> str:
+    """What the emulator itself says when run (binfmtd reads the banner instead: this checks it)."""
+    out = subprocess.run([path, "--version"], capture_output=True, text=True, check=True).stdout
+    words = out.split()
+    return words[words.index("version") + 1]
 
 
 @pytest.fixture
@@ -205,9 +212,9 @@ def test_verify_sees_binfmt_support_entry_still_running_the_qemu_replaced_under_
 
 
 def test_a_no_op_apply_runs_no_emulator(ns, emulators):
-    """The boot path: once an entry is pinned, apply compares stat() results and starts no
-    process; only a registration asks QEMU its version (measured by recording every process
-    apply starts)."""
+    """The boot path runs no emulator: the version a registration records is read from the
+    banner QEMU stores in its file, and a no-op compares stat() results (measured by recording
+    every process apply starts)."""
     spy = ("import subprocess, sys; started = []; real = subprocess.Popen.__init__\n"
            "def record(self, args, *a, **k): started.append(args); real(self, args, *a, **k)\n"
            "subprocess.Popen.__init__ = record\n"
@@ -216,8 +223,10 @@ def test_a_no_op_apply_runs_no_emulator(ns, emulators):
            "print(actions, sum('--version' in a for a in started))")
     first, second = ns.run(f"python3 -c {shlex.quote(spy)}", f"python3 -c {shlex.quote(spy)}",
                            env={**emulators["env"], "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}"})
-    assert first.out == "['registered'] 1\n", first.err
+    assert first.out == "['registered'] 0\n", first.err
     assert second.out == "['unchanged'] 0\n", second.err
+    pinned = json.loads((ns.state_dir / "state.json").read_text())["entries"]["qemu-aarch64"]["pinned"]
+    assert pinned["version"] == emulators["old"]  # what the emulator itself prints for --version
 
 
 def test_daemon_re_pins_a_replaced_emulator_within_an_interval(ns, emulators):
