@@ -84,11 +84,54 @@ def test_a_shadowing_entry_and_a_crashing_emulator_are_named():
     shadow = Entry("aarch64", "/usr/bin/qemu-aarch64_be-static", "F", 0, t.magic, t.mask)
     interp = Interpreter("/usr/bin/qemu-aarch64-static", True, None)
     wrong = diagnose(t, ProbeRun(0, "binfmtd-probe:aarch64_be\n", "", 0.1), host_for([ours, shadow]), interp,
-                     "sandbox", False)
-    assert not wrong["ok"] and "entry 'aarch64' (not binfmtd's) claims these binaries" in wrong["cause"]
-    crash = diagnose(t, ProbeRun(139, "", "qemu: uncaught target signal 11 (Segmentation fault) - core dumped\n", 0.1),
-                     host_for([ours]), interp, "sandbox", False)
+                     "sandbox", None)
+    assert not wrong["ok"] and wrong["cause"].startswith("entry 'aarch64' (not binfmtd's) claims aarch64 binaries "
+                                                         "and hands them to /usr/bin/qemu-aarch64_be-static")
+    assert wrong["fix"] == f"remove that entry (echo -1 > {BINFMT_MISC}/aarch64), then binfmtd apply aarch64"
+    # The wrong emulator crashing is still the shadowing entry's fault, not QEMU's.
+    segv = ProbeRun(139, "", "qemu: uncaught target signal 11 (Segmentation fault) - core dumped\n", 0.1)
+    assert "hands them to /usr/bin/qemu-aarch64_be-static" in diagnose(t, segv, host_for([ours, shadow]), interp,
+                                                                         "sandbox", None)["cause"]
+    crash = diagnose(t, segv, host_for([ours]), interp, "sandbox", None)
     assert crash["cause"].startswith("the emulator crashed (QEMU ") and "uncaught target signal" in crash["cause"]
+
+
+def test_fixes_need_force_only_for_another_tools_entry():
+    t = BY_NAME["riscv64"]
+    enoent = ProbeRun(127, "", "binfmtd-exec-errno:2\n", 0.1)
+    interp = Interpreter("/usr/bin/qemu-riscv64-static", True, None)
+    no_f = Entry("qemu-riscv64", "/usr/bin/qemu-riscv64-static", "POC", 0, t.magic, t.mask)
+    mine = diagnose(t, enoent, host_for([no_f]), interp, "podman", None, ours=True)
+    assert "lacks the F flag" in mine["cause"] and mine["fix"] == "binfmtd apply riscv64 --flags POCF"
+    theirs = diagnose(t, enoent, host_for([no_f]), interp, "podman", None, ours=False)
+    assert theirs["fix"].startswith("binfmtd apply riscv64 --force")
+    gone = Entry("qemu-riscv64", "/nonexistent/qemu-riscv64-static", "POC", 0, t.magic, t.mask)
+    other_gone = diagnose(t, enoent, host_for([gone]), interp, "sandbox", None, ours=False)
+    assert other_gone["cause"] == "interpreter /nonexistent/qemu-riscv64-static is gone"
+    assert "--force" in other_gone["fix"] and "reinstall" in other_gone["fix"]
+    assert diagnose(t, enoent, host_for([gone]), interp, "sandbox", None, ours=True)["fix"] == \
+        "install qemu-user-static, then binfmtd apply riscv64"
+    # Another tool's qemu-riscv64 handing the binaries to the wrong emulator.
+    wrong = Entry("qemu-riscv64", "/usr/bin/qemu-riscv32-static", "F", 0, t.magic, t.mask)
+    report = diagnose(t, ProbeRun(1, "", "", 0.1), host_for([wrong]), interp, "sandbox", None, ours=False)
+    assert "which is not QEMU's riscv64 emulator" in report["cause"] and "--force" in report["fix"]
+
+
+def test_a_users_image_is_checked_against_the_machine_and_pull_failures_are_named():
+    t = BY_NAME["aarch64"]
+    ours = Entry("qemu-aarch64", "/usr/bin/qemu-aarch64-static", "POCF", 0, t.magic, t.mask)
+    interp = Interpreter("/usr/bin/qemu-aarch64-static", True, None)
+    host = host_for([ours])
+    assert diagnose(t, ProbeRun(0, "aarch64\n", "", 0.1), host, interp, "podman", "img")["ok"]
+    amd64 = diagnose(t, ProbeRun(0, "x86_64\n", "", 0.1), host, interp, "podman", "img")
+    assert not amd64["ok"] and amd64["machine"] == "x86_64"
+    probe = diagnose(t, ProbeRun(0, "binfmtd-probe:aarch64\n", "", 0.1), host, interp, "podman", "img")
+    assert probe["ok"] and probe["machine"] == "aarch64"
+    pull = ProbeRun(125, "", "Trying to pull example.invalid/x:1...\nError: initializing source "
+                    "docker://example.invalid/x:1: pinging container registry example.invalid: no such host\n", 0.1)
+    failed = diagnose(t, pull, host, interp, "podman", "example.invalid/x:1")
+    assert failed["cause"].startswith("podman could not pull or find image example.invalid/x:1 for linux/arm64")
+    assert failed["fix"].endswith("podman pull --platform linux/arm64 example.invalid/x:1")
 
 
 def test_unknown_or_absent_engine_is_exit_3_not_a_hang(ns):
