@@ -4,9 +4,11 @@ error types into exit codes. `apply` and `daemon` usually arrive through binfmtd
 
 from __future__ import annotations
 
+import sys
 from typing import List, Optional
 
 import typer
+import typer.core
 
 from binfmtd import __version__, commands
 from binfmtd.errors import EXIT_FAILED, EXIT_OK, BinfmtdError
@@ -16,7 +18,25 @@ app = typer.Typer(add_completion=True, no_args_is_help=True, rich_markup_mode=No
                   pretty_exceptions_enable=False,
                   help="Register QEMU user-mode emulators with binfmt_misc, verify them, keep them.")
 
-TargetsArg = typer.Argument(None, metavar="[TARGET]...", help="Targets or platforms (aarch64, linux/arm64, ...).")
+
+
+def _complete_targets(incomplete: str) -> list[str]:
+    from binfmtd.targets import TARGETS
+
+    names = [n for t in TARGETS for n in (t.name, *t.platforms)]
+    return [n for n in dict.fromkeys(names) if n.startswith(incomplete)]
+
+
+def _completer(*values: str):
+    return lambda incomplete: [v for v in values if v.startswith(incomplete)]
+
+
+ENGINES = ("auto", "sandbox", "docker", "podman", "nerdctl")
+# The argument's own help line would read "TARGET... <list[str]>" (typer prints the Python type):
+# each command's help says what TARGET is instead.
+TargetsArg = typer.Argument(None, metavar="TARGET", hidden=True, autocompletion=_complete_targets)
+FlagsOpt = typer.Option(None, "--flags", metavar="FLAGS", autocompletion=_completer("POCF", "POF", "POC", "OCF", "PF"),
+                        help="binfmt_misc flags, letters of POCF (default POCF).")
 JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout.")
 ConfigOpt = typer.Option(None, "--config", metavar="FILE", help="Config file (default $BINFMTD_CONFIG, "
                          "/etc/binfmtd/binfmtd.toml).")
@@ -29,11 +49,13 @@ def _exit(code: int) -> None:
 @app.command()
 def apply(targets: Optional[List[str]] = TargetsArg,
           all_targets: bool = typer.Option(False, "--all", help="Every known target (native ones are skipped)."),
-          flags: Optional[str] = typer.Option(None, "--flags", help="binfmt_misc flags (default POCF)."),
+          flags: Optional[str] = FlagsOpt,
           force: bool = typer.Option(False, "--force", help="Take over entries registered by other tools."),
           check: bool = typer.Option(False, "--check", help="Show the plan, change nothing."),
           as_json: bool = JsonOpt, config: Optional[str] = ConfigOpt) -> None:
-    """Register the entries (idempotent). With no TARGET: the config's targets, else every non-native one."""
+    """Register the entries (idempotent). With no TARGET: the config's targets, else every non-native one.
+
+    TARGET: a QEMU target or a container platform (aarch64, arm64, linux/arm/v7, riscv64, ...)."""
     _exit(finish_change(lambda: commands.apply(targets or (), all_targets, flags, force, check, config), as_json))
 
 
@@ -43,13 +65,16 @@ def remove(targets: Optional[List[str]] = TargetsArg,
            force: bool = typer.Option(False, "--force", help="Also remove qemu-* entries of other tools."),
            check: bool = typer.Option(False, "--check", help="Show the plan, change nothing."),
            as_json: bool = JsonOpt) -> None:
-    """Remove binfmtd's entries (others' only with --force); entries it took over are put back."""
+    """Remove binfmtd's entries (others' only with --force); entries it took over are put back.
+
+    TARGET: a QEMU target or a container platform (aarch64, arm64, linux/arm/v7, riscv64, ...)."""
     _exit(finish_change(lambda: commands.remove(targets or (), all_targets, force, check), as_json))
 
 
 @app.command()
 def status(as_json: bool = JsonOpt,
            fmt: str = typer.Option("text", "--format", metavar="text|json|prometheus",
+                                   autocompletion=_completer("text", "json", "prometheus"),
                                    help="Output format (--json is --format json).")) -> None:
     """Show binfmt_misc and every registered entry, with its target and owner."""
     if fmt == "prometheus":
@@ -79,7 +104,9 @@ def status(as_json: bool = JsonOpt,
 @app.command("check")
 def check_cmd(targets: Optional[List[str]] = TargetsArg, as_json: bool = JsonOpt,
               config: Optional[str] = ConfigOpt) -> None:
-    """Preflight: kernel, binfmt_misc, config and interpreters, each with the fix for what fails."""
+    """Preflight: kernel, binfmt_misc, config and interpreters, each with the fix for what fails.
+
+    TARGET: a QEMU target or a container platform (aarch64, arm64, linux/arm/v7, riscv64, ...)."""
     def render(result: dict) -> None:
         for c in result["checks"]:
             print(f"{'ok' if c['ok'] else 'FAIL':4}  {c['name']}: {c['detail']}"
@@ -102,16 +129,23 @@ def targets_cmd(as_json: bool = JsonOpt) -> None:
 @app.command("verify")
 def verify_cmd(targets: Optional[List[str]] = TargetsArg,
                all_targets: bool = typer.Option(False, "--all", help="Every known target."),
-               engine: Optional[str] = typer.Option(None, "--engine", metavar="auto|sandbox|docker|podman|nerdctl",
-                                                    help="Where probes run (default: the config's, else auto)."),
+               engine: Optional[str] = typer.Option(None, "--engine", metavar="ENGINE",
+                                                    autocompletion=_completer(*ENGINES),
+                                                    help="Where probes run: auto, sandbox, docker, podman or "
+                                                    "nerdctl (default: the config's, else auto)."),
                image: Optional[str] = typer.Option(None, "--image", metavar="REF",
                                                    help="Run `uname -m` in this image instead of binfmtd's probe."),
-               timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds per probe (default 20)."),
+               timeout: Optional[float] = typer.Option(None, "--timeout", metavar="SECONDS",
+                                                       help="Seconds per probe (default: the config's, else 20)."),
                as_json: bool = JsonOpt, config: Optional[str] = ConfigOpt) -> None:
-    """Prove emulation works: run each target's probe and name the cause of every failure."""
+    """Prove emulation works: run each target's probe and name the cause of every failure.
+
+    With no TARGET: the config's targets, else every target this host does not run natively.
+
+    TARGET: a QEMU target or a container platform (aarch64, arm64, linux/arm/v7, riscv64, ...)."""
     from binfmtd.verify import verify
 
-    if engine is not None and engine not in ("auto", "sandbox", "docker", "podman", "nerdctl"):
+    if engine is not None and engine not in ENGINES:
         say("error", f"--engine {engine!r}: expected auto, sandbox, docker, podman or nerdctl")
         _exit(2)
 
@@ -138,13 +172,19 @@ def verify_cmd(targets: Optional[List[str]] = TargetsArg,
 
 @app.command()
 def export(targets: Optional[List[str]] = TargetsArg,
-           fmt: str = typer.Option(..., "--format", help="binfmt.d (systemd-binfmt) or binfmt-support "
-                                   "(update-binfmts --import)."),
+           fmt: str = typer.Option(..., "--format", metavar="FORMAT",
+                                   autocompletion=_completer("binfmt.d", "binfmt-support"),
+                                   help="binfmt.d (systemd-binfmt) or binfmt-support (update-binfmts --import)."),
            dest: str = typer.Option(..., "--dest", metavar="DIR", help="Directory to write the files to."),
            all_targets: bool = typer.Option(False, "--all", help="Every known target (native ones are skipped)."),
-           flags: Optional[str] = typer.Option(None, "--flags", help="binfmt_misc flags (default POCF)."),
+           flags: Optional[str] = FlagsOpt,
            as_json: bool = JsonOpt, config: Optional[str] = ConfigOpt) -> None:
-    """Write the entries apply would register as files for systemd-binfmt or binfmt-support."""
+    """Write the entries apply would register as files for systemd-binfmt or binfmt-support.
+
+    Files of the same name that binfmtd did not write (qemu-user-static's /usr/share/binfmts/qemu-*)
+    are never overwritten: export to a directory of its own and import with update-binfmts --importdir.
+
+    TARGET: a QEMU target or a container platform (aarch64, arm64, linux/arm/v7, riscv64, ...)."""
     from binfmtd.export import export_entries
 
     def render(result: dict) -> None:
@@ -161,9 +201,19 @@ def daemon(config: Optional[str] = ConfigOpt) -> None:
     _exit(run_daemon(config))
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def sandbox(command: List[str] = typer.Argument(..., metavar="-- COMMAND...")) -> None:
-    """Run COMMAND in a private user+mount namespace with its own binfmt_misc (Linux 6.7+)."""
+class _SandboxUsage(typer.core.TyperCommand):
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        return ["[OPTIONS] -- COMMAND [ARG]..."]
+
+
+@app.command(cls=_SandboxUsage, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def sandbox(command: List[str] = typer.Argument(..., metavar="COMMAND", hidden=True)) -> None:
+    """Run COMMAND in a private user+mount namespace with its own binfmt_misc (Linux 6.7+).
+
+    Nothing COMMAND registers reaches the host's table:
+
+    \b
+      binfmtd sandbox -- sh -c 'binfmtd apply arm64 && binfmtd verify arm64 --engine sandbox'"""
     from binfmtd.sandbox import exec_in_sandbox
 
     try:
@@ -185,5 +235,25 @@ def _main(version: bool = typer.Option(False, "--version", callback=_version, is
     pass
 
 
+SHELLS = ("bash", "zsh", "fish", "powershell", "pwsh")
+
+
+def _completion_for_named_shell(argv: list[str]) -> bool:
+    """`--show-completion zsh` and `--install-completion zsh`: typer's options take no value and
+    use the shell they detect, so `zsh` would be ignored when typed in bash. Handled here."""
+    if len(argv) != 2 or argv[0] not in ("--show-completion", "--install-completion") or argv[1] not in SHELLS:
+        return False
+    from typer.completion import get_completion_script, install
+
+    if argv[0] == "--show-completion":
+        print(get_completion_script(prog_name="binfmtd", complete_var="_BINFMTD_COMPLETE", shell=argv[1]))
+    else:
+        shell, path = install(shell=argv[1], prog_name="binfmtd", complete_var="_BINFMTD_COMPLETE")
+        print(f"{shell} completion installed in {path}; it takes effect in a new shell")
+    return True
+
+
 def main() -> None:
+    if _completion_for_named_shell(sys.argv[1:]):
+        return
     app(prog_name="binfmtd")

@@ -78,15 +78,28 @@ def _require_root_and_kernel(kernel: facts.Kernel) -> None:
         raise HostUnsupported(f"kernel {kernel.release} is older than 4.8 and lacks binfmt_misc's F flag, "
                               "which containers need; upgrade the kernel")
     if os.geteuid() != 0:
-        raise HostUnsupported("binfmt_misc can only be changed by root; run it with sudo")
+        raise HostUnsupported("binfmt_misc can only be changed by root; run it as root")
 
 
 def _read_interpreters(targets, native, dirs) -> dict[str, Interpreter]:
     return {t.qemu: read_interpreter(t.qemu, dirs) for t in targets if t.name not in native}
 
 
-def _report(plan: Plan, check: bool, errors: list[tuple[str, str]]) -> ChangeReport:
-    results = [{"target": a.target.name, "platform": a.target.platform, "name": a.target.entry_name,
+def named_platforms(names) -> dict[str, str]:
+    """target -> the platform the user named for it (`apply linux/arm/v6` shows linux/arm/v6, not v7)."""
+    named = {}
+    for name in names:
+        target = lookup(name)
+        platform = name.lower() if name.lower().startswith("linux/") else f"linux/{name.lower()}"
+        if target and platform in target.platforms:
+            named.setdefault(target.name, platform)
+    return named
+
+
+def _report(plan: Plan, check: bool, errors: list[tuple[str, str]], names=()) -> ChangeReport:
+    platforms = named_platforms(names)
+    results = [{"target": a.target.name, "platform": platforms.get(a.target.name, a.target.platform),
+                "name": a.target.entry_name,
                 "action": "skipped" if a.error else a.action, "reason": a.error or a.reason,
                 "interpreter": a.interpreter, "flags": a.flags} for a in plan.actions]
     return ChangeReport(check, results, [{"target": t, "message": m} for t, m in errors],
@@ -116,7 +129,7 @@ def apply(names=(), all_targets=False, flags: str | None = None, force=False, ch
         plan = plan_now(host, load_state(state_dir))
         if plan.mount:
             plan.warnings.insert(0, f"binfmt_misc is not mounted on {path}; apply would mount it")
-        return _report(plan, True, [(a.target.name, a.error) for a in plan.actions if a.error])
+        return _report(plan, True, [(a.target.name, a.error) for a in plan.actions if a.error], names)
     _require_root_and_kernel(facts.read_kernel())
     from binfmtd.act import execute, mount_binfmt_misc
 
@@ -133,7 +146,7 @@ def apply(names=(), all_targets=False, flags: str | None = None, force=False, ch
         outcome = execute(plan, path, host.kernel, state)
         state.last_apply = time.time()
         save_state(state_dir, state)
-    return _report(plan, False, outcome.errors)
+    return _report(plan, False, outcome.errors, names)
 
 
 def desired_entries(names=(), all_targets=False, flags: str | None = None,
@@ -170,7 +183,7 @@ def remove(names=(), all_targets=False, force=False, check=False, config_file: s
 
     if check:
         host = facts.read_host(path)
-        return _report(plan_remove(present(host), host, load_state(state_dir), force), True, [])
+        return _report(plan_remove(present(host), host, load_state(state_dir), force), True, [], names)
     _require_root_and_kernel(facts.read_kernel())
     from binfmtd.act import execute
 
@@ -180,7 +193,7 @@ def remove(names=(), all_targets=False, force=False, check=False, config_file: s
         plan = plan_remove(present(host), host, state, force)
         outcome = execute(plan, path, host.kernel, state)
         save_state(state_dir, state)
-    return _report(plan, False, outcome.errors)
+    return _report(plan, False, outcome.errors, names)
 
 
 def status(binfmt_misc: str | None = None, state_dir: str | None = None) -> dict:
@@ -221,7 +234,7 @@ def check(names=(), config_file: str | None = None, binfmt_misc: str | None = No
             f"{kernel.magic_size_limit}-byte magic limit",
             "binfmt_misc per user namespace" if kernel.binfmt_misc_per_userns else None])),
         "upgrade to Linux 4.8 or newer")
-    add("root", os.geteuid() == 0, f"running as uid {os.geteuid()}", "run binfmtd as root (sudo)")
+    add("root", os.geteuid() == 0, f"running as uid {os.geteuid()}", "run binfmtd as root")
     add("binfmt_misc", table.supported, "supported by the kernel" if table.supported else
         "not in /proc/filesystems", "load the module (modprobe binfmt_misc) or enable CONFIG_BINFMT_MISC")
     add("mount", table.supported, f"mounted on {path}" if table.mounted else

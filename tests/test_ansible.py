@@ -223,7 +223,7 @@ def test_a_host_that_cannot_do_it_fails_with_binfmtds_message(ns, ansible):
                           env=ansible.env)
     result = ansible.result("nonroot")
     assert run.rc == 2 and result["failed"]
-    assert result["msg"] == ("binfmtd apply: binfmt_misc can only be changed by root; run it with sudo "
+    assert result["msg"] == ("binfmtd apply: binfmt_misc can only be changed by root; run it as root "
                              "(exit 3: this host cannot do it)")
     assert set(listing.out.split()) == {"register", "status"}
 
