@@ -20,7 +20,7 @@ from binfmtd.probes import EXPECTED_MACHINE
 from binfmtd.targets import BY_NAME, TARGETS
 from binfmtd.verify import ProbeRun, diagnose
 
-from conftest import BINFMT_MISC, BINFMTD, ROOT, host_table, need, qemu
+from conftest import BINFMT_MISC, BINFMTD, ROOT, host_table, need, qemu, set_aside
 
 CONTRACT_FIELDS = {"target", "platform", "ok", "machine", "seconds", "error"}
 
@@ -152,16 +152,27 @@ def containers_conf(tmp_path, monkeypatch):
     conf.write_text('[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]\n'
                     '[engine]\nruntime = "runc"\n')
     monkeypatch.setenv("CONTAINERS_CONF", str(conf))
-    return conf
+    before = probe_images()
+    yield conf
+    for image in probe_images() - before:  # the probe images this test made
+        subprocess.run(["podman", "rmi", "-f", image], capture_output=True)
+
+
+def probe_images() -> set[str]:
+    listed = subprocess.run(["podman", "images", "--format", "{{.Repository}}:{{.Tag}}"], capture_output=True,
+                            text=True).stdout.split()
+    return {image for image in listed if image.split("/")[-1].startswith("binfmtd-probe:")}
 
 
 @pytest.fixture
 def host_registered(tmp_path):
-    """Registers aarch64 and riscv64 on the host with binfmtd (own state dir) and removes them after."""
+    """Registers aarch64 and riscv64 on the host with binfmtd (own state dir) and removes them after;
+    the host's own entries of those names, and s390x's, are set aside meanwhile and put back."""
     env = {**os.environ, "BINFMTD_STATE_DIR": str(tmp_path / "host-state"), "PYTHONPATH": str(ROOT),
            "BINFMTD_CONFIG": str(tmp_path / "none.toml")}
     (tmp_path / "none.toml").write_text("")
-    with host_table():  # one test run at a time on the host's table, mounted while it runs
+    # One test run at a time on the host's table, mounted while it runs.
+    with host_table(), set_aside("qemu-aarch64", "qemu-riscv64", "qemu-s390x"):
         done = subprocess.run([sys.executable, "-m", "binfmtd", "apply", "aarch64", "riscv64", "--json"], env=env,
                               capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
@@ -237,7 +248,5 @@ def test_docker_cli_runs_the_probes_for_real(docker_on_podman, host_registered):
 
 
 def test_container_engine_names_an_unregistered_target(containers_conf, host_registered):
-    if os.path.exists(f"{BINFMT_MISC}/qemu-s390x"):
-        pytest.skip("another tool registered qemu-s390x on this host")
     rc, report, err = run_verify(["s390x", "--engine", "podman"], host_registered)
     assert rc == 1 and "no entry claims s390x" in report["results"][0]["cause"], err
