@@ -14,7 +14,7 @@ from binfmtd.entry import Entry, flags_problem, normalize_flags
 from binfmtd.errors import BinfmtdError, HostUnsupported, UsageError
 from binfmtd.interpreters import DEFAULT_INTERPRETER_DIRS, Interpreter, read_interpreter
 from binfmtd.native import read_native
-from binfmtd.plan import Desired, Plan, plan_apply, plan_remove
+from binfmtd.plan import Desired, Plan, interpreter_problem, plan_apply, plan_remove
 from binfmtd.state import State, load_state, locked, save_state, state_dir_from_env
 from binfmtd.targets import TARGETS, Target, lookup
 
@@ -266,7 +266,7 @@ def check(names=(), config_file: str | None = None, binfmt_misc: str | None = No
             add(f"interpreter:{target.name}", False, f"qemu-{target.qemu}-static not found in {':'.join(dirs)}",
                 "install qemu-user-static (apt-get install qemu-user-static) or set interpreter_dirs")
         elif interp.problem:
-            add(f"interpreter:{target.name}", False, f"{interp.path} {interp.problem}",
+            add(f"interpreter:{target.name}", False, interpreter_problem(interp.path, interp.problem),
                 f"make {interp.path} root-owned and not group/other-writable")
         elif not interp.static:
             add(f"interpreter:{target.name}", False, f"{interp.path} is dynamically linked: containers and "

@@ -52,6 +52,14 @@ class Plan:
         return self.mount or any(a.changes for a in self.actions)
 
 
+def interpreter_problem(path: str, problem: str) -> str:
+    """`/usr/bin/qemu-x is writable by group 'staff'`: a problem naming the file itself is not
+    prefixed with its path again; one naming a directory or link on the way says whose it is."""
+    if problem.startswith(path + " "):
+        return problem
+    return f"{path}: {problem}" if problem.startswith("/") else f"{path} {problem}"
+
+
 def shadowing_entries(target: Target, host: Host) -> list[Entry]:
     """Entries under other names that claim this target's binaries. The kernel tries the newest
     registration first, so such an entry can take binaries away from binfmtd's."""
@@ -92,8 +100,9 @@ def _plan_target(target: Target, flags: str, desired: Desired, host: Host,
         return Action(target, SKIPPED, reason, flags=flags, error=reason if desired.explicit else None)
     base = Action(target, UNCHANGED, "", interpreter.path, flags)
     if interpreter.problem:
-        base.action, base.reason = SKIPPED, f"unsafe interpreter: {interpreter.path} {interpreter.problem}"
-        base.error = (f"{name}: interpreter {interpreter.path} {interpreter.problem}; fix its ownership and "
+        what = interpreter_problem(interpreter.path, interpreter.problem)
+        base.action, base.reason = SKIPPED, f"unsafe interpreter: {what}"
+        base.error = (f"{name}: interpreter {what}; fix its ownership and "
                       "permissions (root-owned, not group/other-writable) or set interpreter_dirs")
         return base
     new = Entry(name, interpreter.path, flags, 0, target.magic, target.mask)

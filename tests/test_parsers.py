@@ -187,3 +187,13 @@ def test_refused_register_writes_are_explained(code, release, flags, words):
     entry = Entry("qemu-aarch64", "/usr/bin/qemu-aarch64-static", flags, 0, target.magic, target.mask)
     message = explain_register_error(OSError(code, os.strerror(code)), entry, parse_kernel_release(release))
     assert message.startswith("qemu-aarch64: ") and words in message
+
+
+def test_an_interpreter_problem_names_the_path_once():
+    from binfmtd.plan import interpreter_problem
+
+    path = "/usr/local/bin/qemu-aarch64-static"
+    assert interpreter_problem(path, f"{path} is writable by group 'staff'") == f"{path} is writable by group 'staff'"
+    assert interpreter_problem(path, "/usr/local/bin is writable by everyone") == \
+        f"{path}: /usr/local/bin is writable by everyone"
+    assert interpreter_problem(path, "is not executable") == f"{path} is not executable"
