@@ -259,3 +259,9 @@ def test_completion_knows_targets_platforms_engines_and_formats():
     assert set(complete("binfmtd export --format ")) == {"binfmt.d", "binfmt-support"}
     assert complete("binfmtd status --format p") == ["prometheus"]
     assert "sandbox" in complete("binfmtd s")
+
+
+def test_install_completion_for_a_named_shell(tmp_path):
+    done = binfmtd("--install-completion", "zsh", env={"HOME": str(tmp_path), "SHELL": "/bin/bash"})
+    assert done.returncode == 0 and "zsh completion installed" in done.stdout, done.stderr
+    assert (tmp_path / ".zfunc" / "_binfmtd").read_text().startswith("#compdef binfmtd")
