@@ -265,3 +265,29 @@ def test_install_completion_for_a_named_shell(tmp_path):
     done = binfmtd("--install-completion", "zsh", env={"HOME": str(tmp_path), "SHELL": "/bin/bash"})
     assert done.returncode == 0 and "zsh completion installed" in done.stdout, done.stderr
     assert (tmp_path / ".zfunc" / "_binfmtd").read_text().startswith("#compdef binfmtd")
+
+
+def readme_use_list(text: str) -> dict[str, str]:
+    """The README's Use list: command -> its line and continuation lines."""
+    block = re.search(r"^## Use\n\n```\n(.*?)^```", text, re.M | re.S).group(1)
+    usage: dict[str, str] = {}
+    for line in block.splitlines():
+        if line.startswith("binfmtd "):
+            command = line.split()[1]
+            usage[command] = line
+        else:
+            usage[command] += " " + line.strip()
+    return usage
+
+
+def test_the_readme_use_list_names_every_command_and_option():
+    usage = readme_use_list(README.read_text())
+    from binfmtd.cli import app
+    import typer.main
+
+    commands = typer.main.get_command(app).commands
+    assert set(usage) == set(commands), "the README's Use list and the CLI's commands differ"
+    for name, command in commands.items():
+        options = {opt for param in command.params for opt in getattr(param, "opts", ()) if opt.startswith("--")}
+        missing = sorted(opt for opt in options if not re.search(rf"{re.escape(opt)}\b", usage[name]))
+        assert not missing, f"the README's Use list lacks binfmtd {name} {missing}"
