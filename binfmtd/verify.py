@@ -318,7 +318,7 @@ def _cause(target, run, host, entry, interpreter, engine, machine, expected, use
     if run.returncode is None:
         return "the probe did not finish in time", "raise the timeout (--timeout), or check the host's load"
     if user_image and machine is None and run.returncode and PULL_FAILED.search(run.stderr):
-        return (f"{engine} could not pull or find image {user_image} for {target.platform}: {_error_text(run)}",
+        return (f"{engine} could not pull or find image {user_image} for {target.platform}",
                 f"check the reference, the registry and that the image has a {target.platform} variant: "
                 f"{engine} pull --platform {target.platform} {user_image}")
     wrong = [e for e in shadows if not emulates(e.interpreter, target)]

@@ -130,7 +130,7 @@ def test_a_users_image_is_checked_against_the_machine_and_pull_failures_are_name
     pull = ProbeRun(125, "", "Trying to pull example.invalid/x:1...\nError: initializing source "
                     "docker://example.invalid/x:1: pinging container registry example.invalid: no such host\n", 0.1)
     failed = diagnose(t, pull, host, interp, "podman", "example.invalid/x:1")
-    assert failed["cause"].startswith("podman could not pull or find image example.invalid/x:1 for linux/arm64")
+    assert failed["cause"] == "podman could not pull or find image example.invalid/x:1 for linux/arm64"
     assert failed["fix"].endswith("podman pull --platform linux/arm64 example.invalid/x:1")
 
 
@@ -213,6 +213,16 @@ def test_podman_with_a_users_image(containers_conf, host_registered, foreign_bus
         assert rc == 0 and report["results"][0]["machine"] == "aarch64", err
     finally:
         subprocess.run(["podman", "rmi", "-f", "localhost/binfmtd-test-busybox:arm64"], capture_output=True)
+
+
+def test_an_image_that_cannot_be_pulled_is_named_as_such(containers_conf):
+    # Nothing listens on localhost:443: podman's pull fails at once, as with a mistyped registry.
+    rc, report, err = run_verify(["linux/arm64", "--engine", "podman", "--image", "localhost/binfmtd-test-missing:nope"],
+                                 {})
+    result, = report["results"]
+    assert rc == 1 and not result["ok"] and result["machine"] is None, err
+    assert result["cause"] == "podman could not pull or find image localhost/binfmtd-test-missing:nope for linux/arm64"
+    assert "no entry claims" not in result["cause"] and "localhost" in result["error"]
 
 
 @pytest.fixture
