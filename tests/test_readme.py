@@ -291,3 +291,14 @@ def test_the_readme_use_list_names_every_command_and_option():
         options = {opt for param in command.params for opt in getattr(param, "opts", ()) if opt.startswith("--")}
         missing = sorted(opt for opt in options if not re.search(rf"{re.escape(opt)}\b", usage[name]))
         assert not missing, f"the README's Use list lacks binfmtd {name} {missing}"
+
+
+def test_the_readme_config_example_is_a_valid_config(tmp_path):
+    example, = re.findall(r"^```toml\n(.*?)^```", README.read_text(), re.M | re.S)
+    (tmp_path / "binfmtd.toml").write_text(example)
+    done = binfmtd("check", "--config", str(tmp_path / "binfmtd.toml"), "--json")
+    checks = {c["name"]: c for c in json.loads(done.stdout)["checks"]}
+    assert checks["config"]["ok"], checks["config"]
+    planned = binfmtd("apply", "--check", "--json", "--config", str(tmp_path / "binfmtd.toml"))
+    assert planned.returncode == 0, planned.stderr
+    assert {r["target"] for r in json.loads(planned.stdout)["results"]} == {"aarch64", "arm", "riscv64"}
