@@ -19,7 +19,6 @@ app = typer.Typer(add_completion=True, no_args_is_help=True, rich_markup_mode=No
                   help="Register QEMU user-mode emulators with binfmt_misc, verify them, keep them.")
 
 
-
 def _complete_targets(incomplete: str) -> list[str]:
     from binfmtd.targets import TARGETS
 
@@ -31,6 +30,16 @@ def _completer(*values: str):
     return lambda incomplete: [v for v in values if v.startswith(incomplete)]
 
 
+def _usage(pieces: str) -> type:
+    """A command whose usage line reads `binfmtd COMMAND <pieces>` whatever typer's version: typer
+    spells a variadic argument `TARGET` (0.7), `[TARGET]...` or `[[TARGET]...]...` (newer)."""
+    class Usage(typer.core.TyperCommand):
+        def collect_usage_pieces(self, ctx) -> list[str]:
+            return [pieces]
+    return Usage
+
+
+WITH_TARGETS = _usage("[OPTIONS] [TARGET]...")
 ENGINES = ("auto", "sandbox", "docker", "podman", "nerdctl")
 # The argument's own help line would read "TARGET... <list[str]>" (typer prints the Python type):
 # each command's help says what TARGET is instead.
@@ -46,7 +55,7 @@ def _exit(code: int) -> None:
     raise typer.Exit(code)
 
 
-@app.command()
+@app.command(cls=WITH_TARGETS)
 def apply(targets: Optional[List[str]] = TargetsArg,
           all_targets: bool = typer.Option(False, "--all", help="Every known target (native ones are skipped)."),
           flags: Optional[str] = FlagsOpt,
@@ -59,7 +68,7 @@ def apply(targets: Optional[List[str]] = TargetsArg,
     _exit(finish_change(lambda: commands.apply(targets or (), all_targets, flags, force, check, config), as_json))
 
 
-@app.command()
+@app.command(cls=WITH_TARGETS)
 def remove(targets: Optional[List[str]] = TargetsArg,
            all_targets: bool = typer.Option(False, "--all", help="Every target binfmtd registered."),
            force: bool = typer.Option(False, "--force", help="Also remove qemu-* entries of other tools."),
@@ -101,7 +110,7 @@ def status(as_json: bool = JsonOpt,
     _exit(finish(commands.status, as_json, render))
 
 
-@app.command("check")
+@app.command("check", cls=WITH_TARGETS)
 def check_cmd(targets: Optional[List[str]] = TargetsArg, as_json: bool = JsonOpt,
               config: Optional[str] = ConfigOpt) -> None:
     """Preflight: kernel, binfmt_misc, config and interpreters, each with the fix for what fails.
@@ -126,7 +135,7 @@ def targets_cmd(as_json: bool = JsonOpt) -> None:
     _exit(finish(lambda: {"targets": commands.list_targets()}, as_json, render))
 
 
-@app.command("verify")
+@app.command("verify", cls=WITH_TARGETS)
 def verify_cmd(targets: Optional[List[str]] = TargetsArg,
                all_targets: bool = typer.Option(False, "--all", help="Every known target."),
                engine: Optional[str] = typer.Option(None, "--engine", metavar="ENGINE",
@@ -170,7 +179,7 @@ def verify_cmd(targets: Optional[List[str]] = TargetsArg,
     _exit(finish(produce, as_json, render, lambda report: EXIT_OK if report.ok else EXIT_FAILED))
 
 
-@app.command()
+@app.command(cls=WITH_TARGETS)
 def export(targets: Optional[List[str]] = TargetsArg,
            fmt: str = typer.Option(..., "--format", metavar="FORMAT",
                                    autocompletion=_completer("binfmt.d", "binfmt-support"),
@@ -201,12 +210,7 @@ def daemon(config: Optional[str] = ConfigOpt) -> None:
     _exit(run_daemon(config))
 
 
-class _SandboxUsage(typer.core.TyperCommand):
-    def collect_usage_pieces(self, ctx) -> list[str]:
-        return ["[OPTIONS] -- COMMAND [ARG]..."]
-
-
-@app.command(cls=_SandboxUsage, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(cls=_usage("[OPTIONS] -- COMMAND [ARG]..."), context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def sandbox(command: List[str] = typer.Argument(..., metavar="COMMAND", hidden=True)) -> None:
     """Run COMMAND in a private user+mount namespace with its own binfmt_misc (Linux 6.7+).
 

@@ -220,15 +220,22 @@ def test_readme_container_image_steps_work_as_written(tmp_path):
 
 # --- help and completion --------------------------------------------------------------------
 
-def binfmtd(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "binfmtd", *args], capture_output=True, text=True,
+def binfmtd(*args: str, env: dict | None = None, python: str = sys.executable) -> subprocess.CompletedProcess:
+    return subprocess.run([python, "-m", "binfmtd", *args], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}, timeout=60)
 
 
+# This checkout's typer, and Debian's (python3-typer, what the .deb runs with) where installed:
+# each spells usage and argument help its own way.
+PYTHONS = [sys.executable] + [python for python in ["/usr/bin/python3"] if subprocess.run(
+    [python, "-c", "import typer"], capture_output=True).returncode == 0]
+
+
+@pytest.mark.parametrize("python", PYTHONS)
 @pytest.mark.parametrize("command", ["apply", "remove", "check", "verify", "export", "status", "targets",
                                      "daemon", "sandbox"])
-def test_help_reads_cleanly(command):
-    done = binfmtd(command, "--help")
+def test_help_reads_cleanly(command, python):
+    done = binfmtd(command, "--help", python=python)
     assert done.returncode == 0, done.stderr
     for noise in ("[[", "]...]...", "<list", "<str>", "<float>", "{--", "}..."):
         assert noise not in done.stdout, f"{command} --help shows {noise!r}:\n{done.stdout}"
