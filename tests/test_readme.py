@@ -303,9 +303,10 @@ def test_the_readme_use_list_names_every_command_and_option():
 def test_the_readme_config_example_is_a_valid_config(tmp_path):
     example, = re.findall(r"^```toml\n(.*?)^```", README.read_text(), re.M | re.S)
     (tmp_path / "binfmtd.toml").write_text(example)
-    done = binfmtd("check", "--config", str(tmp_path / "binfmtd.toml"), "--json")
+    env = {"BINFMTD_STATE_DIR": str(tmp_path / "state")}  # nothing of the host's, even if it were written
+    done = binfmtd("check", "--config", str(tmp_path / "binfmtd.toml"), "--json", env=env)
     checks = {c["name"]: c for c in json.loads(done.stdout)["checks"]}
     assert checks["config"]["ok"], checks["config"]
-    planned = binfmtd("apply", "--check", "--json", "--config", str(tmp_path / "binfmtd.toml"))
+    planned = binfmtd("apply", "--check", "--json", "--config", str(tmp_path / "binfmtd.toml"), env=env)
     assert planned.returncode == 0, planned.stderr
     assert {r["target"] for r in json.loads(planned.stdout)["results"]} == {"aarch64", "arm", "riscv64"}

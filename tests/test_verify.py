@@ -215,10 +215,10 @@ def test_podman_with_a_users_image(containers_conf, host_registered, foreign_bus
         subprocess.run(["podman", "rmi", "-f", "localhost/binfmtd-test-busybox:arm64"], capture_output=True)
 
 
-def test_an_image_that_cannot_be_pulled_is_named_as_such(containers_conf):
+def test_an_image_that_cannot_be_pulled_is_named_as_such(containers_conf, tmp_path):
     # Nothing listens on localhost:443: podman's pull fails at once, as with a mistyped registry.
     rc, report, err = run_verify(["linux/arm64", "--engine", "podman", "--image", "localhost/binfmtd-test-missing:nope"],
-                                 {})
+                                 {"BINFMTD_STATE_DIR": str(tmp_path / "state")})  # not the host's state
     result, = report["results"]
     assert rc == 1 and not result["ok"] and result["machine"] is None, err
     assert result["cause"] == "podman could not pull or find image localhost/binfmtd-test-missing:nope for linux/arm64"
