@@ -95,7 +95,7 @@ def _require_root_and_kernel(kernel: facts.Kernel) -> None:
         raise HostUnsupported(f"kernel {kernel.release} is older than 4.8 and lacks binfmt_misc's F flag, "
                               "which containers need; upgrade the kernel")
     if os.geteuid() != 0:
-        raise HostUnsupported("binfmt_misc can only be changed by root; run it with sudo")
+        raise HostUnsupported("binfmt_misc can only be changed by root; run it as root")
 
 
 def _read_interpreters(targets, native, dirs, host: facts.Host | None = None,
@@ -113,8 +113,21 @@ def _read_interpreters(targets, native, dirs, host: facts.Host | None = None,
     return interpreters
 
 
-def _report(plan: Plan, check: bool, errors: list[tuple[str, str]]) -> ChangeReport:
-    results = [{"target": a.target.name, "platform": a.target.platform, "name": a.target.entry_name,
+def named_platforms(names) -> dict[str, str]:
+    """target -> the platform the user named for it (`apply linux/arm/v6` shows linux/arm/v6, not v7)."""
+    named = {}
+    for name in names:
+        target = lookup(name)
+        platform = name.lower() if name.lower().startswith("linux/") else f"linux/{name.lower()}"
+        if target and platform in target.platforms:
+            named.setdefault(target.name, platform)
+    return named
+
+
+def _report(plan: Plan, check: bool, errors: list[tuple[str, str]], names=()) -> ChangeReport:
+    platforms = named_platforms(names)
+    results = [{"target": a.target.name, "platform": platforms.get(a.target.name, a.target.platform),
+                "name": a.target.entry_name,
                 "action": "skipped" if a.error else a.action, "reason": a.error or a.reason,
                 "interpreter": a.interpreter, "flags": a.flags} for a in plan.actions]
     return ChangeReport(check, results, [{"target": t, "message": m} for t, m in errors],
@@ -146,7 +159,7 @@ def apply(names=(), all_targets=False, flags: str | None = None, force=False, ch
         plan = plan_now(host, settled_state(state_dir, path))
         if plan.mount:
             plan.warnings.insert(0, f"binfmt_misc is not mounted on {path}; apply would mount it")
-        return _report(plan, True, [(a.target.name, a.error) for a in plan.actions if a.error])
+        return _report(plan, True, [(a.target.name, a.error) for a in plan.actions if a.error], names)
     _require_root_and_kernel(facts.read_kernel())
     from binfmtd.act import execute, mount_binfmt_misc, recover
 
@@ -166,7 +179,7 @@ def apply(names=(), all_targets=False, flags: str | None = None, force=False, ch
         plan.warnings[:0] = recovered
         state.last_apply = time.time()
         outcome = execute(plan, path, host.kernel, state_dir, state)
-    return _report(plan, False, outcome.errors)
+    return _report(plan, False, outcome.errors, names)
 
 
 def settled_state(state_dir: str, path: str) -> State:
@@ -219,7 +232,7 @@ def remove(names=(), all_targets=False, force=False, check=False, config_file: s
     if check:
         host = facts.read_host(path)
         return _report(warn_running(plan_remove(present(host), host, settled_state(state_dir, path), force,
-                                                _restore_problem)), True, [])
+                                                _restore_problem)), True, [], names)
     _require_root_and_kernel(facts.read_kernel())
     from binfmtd.act import execute, recover
 
@@ -230,7 +243,7 @@ def remove(names=(), all_targets=False, force=False, check=False, config_file: s
         plan = warn_running(plan_remove(present(host), host, state, force, _restore_problem))
         plan.warnings[:0] = recovered
         outcome = execute(plan, path, host.kernel, state_dir, state)
-    return _report(plan, False, outcome.errors)
+    return _report(plan, False, outcome.errors, names)
 
 
 def _restore_problem(entry: Entry) -> str | None:
@@ -327,7 +340,7 @@ def check(names=(), config_file: str | None = None, binfmt_misc: str | None = No
             f"{kernel.magic_size_limit}-byte magic limit",
             "binfmt_misc per user namespace" if kernel.binfmt_misc_per_userns else None])),
         "upgrade to Linux 4.8 or newer")
-    add("root", os.geteuid() == 0, f"running as uid {os.geteuid()}", "run binfmtd as root (sudo)")
+    add("root", os.geteuid() == 0, f"running as uid {os.geteuid()}", "run binfmtd as root")
     add("binfmt_misc", table.supported, "supported by the kernel" if table.supported else
         "not in /proc/filesystems", "load the module (modprobe binfmt_misc) or enable CONFIG_BINFMT_MISC")
     add("mount", table.supported, f"mounted on {path}" if table.mounted else

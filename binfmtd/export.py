@@ -81,15 +81,37 @@ def render(fmt: str, entry: Entry) -> tuple[str, str]:
     return entry.name, render_binfmt_support(entry)
 
 
+def written_by_binfmtd(path: str) -> bool | None:
+    """Whether the file at `path` is one binfmtd exported (None: there is no file). Debian's
+    qemu-user-static ships /usr/share/binfmts/qemu-<target> under the same names, and a file
+    another package or the admin wrote is theirs to keep."""
+    try:
+        if not os.path.isfile(path) or os.path.islink(path):
+            return False if os.path.lexists(path) else None
+        with open(path, encoding="utf-8", errors="replace") as f:
+            head = f.read(4096).splitlines()
+    except OSError:
+        return False
+    return f"package {PACKAGE}" in head or any(line.startswith("# Written by binfmtd") for line in head)
+
+
 def export_entries(fmt: str, dest: str, names=(), all_targets=False, flags: str | None = None,
                    config_file: str | None = None) -> dict:
     """Write one file per entry `apply` would register into DEST (created if missing); other files
-    in DEST are left alone. Nothing is written when any entry cannot be expressed."""
+    in DEST are left alone. Nothing is written when any entry cannot be expressed or when a file
+    binfmtd did not write already has an entry's name."""
     if fmt not in FORMATS:
         raise UsageError(f"unknown export format {fmt!r}; allowed are {' and '.join(FORMATS)}")
     entries, skipped = desired_entries(names, all_targets, flags, config_file)
     rendered = [(entry, *render(fmt, entry)) for entry in entries]  # every problem before any write
     dest = os.path.abspath(dest)
+    theirs = [os.path.join(dest, name) for _, name, _ in rendered
+              if written_by_binfmtd(os.path.join(dest, name)) is False]
+    if theirs:
+        raise UsageError(f"{theirs[0]}{f' (and {len(theirs) - 1} more)' if len(theirs) > 1 else ''} was not "
+                         f"written by binfmtd (Debian's qemu-user-static ships such files in /usr/share/binfmts); "
+                         "binfmtd does not overwrite it: export to a directory of binfmtd's own, e.g. --dest "
+                         "/etc/binfmtd/binfmts, and import from there (update-binfmts --importdir DIR --import NAME)")
     try:
         os.makedirs(dest, exist_ok=True)
         files = []

@@ -43,8 +43,10 @@ class Interpreter:
 
     @property
     def described(self) -> str:
-        """The problem, naming the path (for messages: one line, control characters escaped)."""
-        return f"{printable(self.path)}: {self.problem}" if self.path else (self.problem or "")
+        """The problem, naming the path once (for messages: one line, control characters escaped):
+        a problem that names the file itself is not prefixed with its path again."""
+        problem, path = self.problem or "", printable(self.path or "")
+        return f"{path}: {problem}" if path and path not in problem else problem
 
 
 INSTALL_FIX = "install qemu-user-static (apt-get install qemu-user-static) or set interpreter_dirs"

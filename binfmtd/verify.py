@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import selectors
 import shutil
 import subprocess
@@ -411,7 +412,8 @@ def verify(names=(), all_targets=False, engine_name: str | None = None, image: s
     warnings = []
     if host.binfmt_misc.private:
         warnings.append("the table checked is this user namespace's private one, not the host's")
-    results = [diagnose(t, run, host, read_interpreter(t.qemu, dirs), engine.name, image is not None)
+    owned = _owned_entries(host)
+    results = [diagnose(t, run, host, read_interpreter(t.qemu, dirs), engine.name, image, t.entry_name in owned)
                for t, run in zip(targets, runs)]
     warnings += [f"{r['target']}: {r['emulator']['note']}" for r in results if r["emulator"] and r["emulator"]["note"]]
     for result, run in zip(results, runs):  # the answer came in time, the engine did not finish in time
@@ -440,13 +442,30 @@ def emulator_that_ran(run: ProbeRun, entry) -> dict | None:
             "note": note}
 
 
-def diagnose(target: Target, run: ProbeRun, host: facts.Host, interpreter, engine: str, user_image: bool) -> dict:
-    """The report for one target: what ran, what it said, and for a failure the cause and fix."""
+def _owned_entries(host: facts.Host) -> set[str]:
+    """Names of the entries binfmtd registered (its state), for diagnoses; empty if unreadable."""
+    from binfmtd.errors import BinfmtdError
+    from binfmtd.state import load_state, state_dir_from_env
+
+    try:
+        state = load_state(state_dir_from_env())
+    except BinfmtdError:
+        return set()
+    return {e.name for e in host.binfmt_misc.entries if state.owns(e)}
+
+
+def diagnose(target: Target, run: ProbeRun, host: facts.Host, interpreter, engine: str, user_image: str | None,
+             ours: bool | None = None) -> dict:
+    """The report for one target: what ran, what it said, and for a failure the cause and fix.
+    `user_image` is the image --image named (None: binfmtd's probe); `ours` whether binfmtd
+    registered the target's entry (its fix then needs no --force)."""
     entry = host.binfmt_misc.entry(target.entry_name)
     native = target.name in host.native
-    machine = (run.stdout.strip().splitlines() or [""])[-1] if user_image else parse_probe_output(run.stdout)
+    machine = parse_probe_output(run.stdout)
+    if user_image and machine is None:
+        machine = (run.stdout.strip().splitlines() or [""])[-1].strip() or None
     expected = {host.machine} if native else {EXPECTED_MACHINE[target.name]}
-    ok = run.succeeded and (machine in expected or (user_image and bool(machine)))
+    ok = run.succeeded and machine in expected
     result = {
         "target": target.name, "platform": target.platform, "ok": ok, "machine": machine,
         "seconds": round(run.seconds, 3), "error": None, "cause": None, "fix": None, "native": native,
@@ -458,7 +477,8 @@ def diagnose(target: Target, run: ProbeRun, host: facts.Host, interpreter, engin
     if ok:
         return result
     result["error"] = _error_text(run)
-    result["cause"], result["fix"] = _cause(target, run, host, entry, interpreter, engine, machine, expected)
+    result["cause"], result["fix"] = _cause(target, run, host, entry, interpreter, engine, machine, expected,
+                                            user_image, ours)
     return result
 
 
@@ -472,13 +492,42 @@ def _error_text(run: ProbeRun) -> str:
     return (lines[-1] if lines else f"exit status {run.returncode}")[:300]
 
 
-def _cause(target, run, host, entry, interpreter, engine, machine, expected) -> tuple[str, str]:
+def emulates(interpreter: str, target: Target) -> bool:
+    """Whether an entry's interpreter is QEMU's emulator for this target, by the names QEMU,
+    Debian and tonistiigi/binfmt give it: qemu-aarch64(-static), /usr/libexec/qemu-binfmt/aarch64-binfmt-P."""
+    name = os.path.basename(interpreter).removeprefix("qemu-")
+    return name.split("-", 1)[0] == target.qemu
+
+
+# What docker, podman and nerdctl print when an image cannot be pulled or found (they exit 125).
+PULL_FAILED = re.compile(r"pull|manifest|not found|image not known|unauthorized|denied|no such host|"
+                         r"initializing source|resolv|registry", re.I)
+
+
+def _cause(target, run, host, entry, interpreter, engine, machine, expected, user_image=None,
+           ours=None) -> tuple[str, str]:
     from binfmtd.plan import shadowing_entries
 
     table = host.binfmt_misc
-    others = [e.name for e in shadowing_entries(target, host) if e.enabled]
+    shadows = [e for e in shadowing_entries(target, host) if e.enabled]
+    others = [e.name for e in shadows]
+    # How to take over an entry another tool registered; binfmtd's own only needs apply.
+    take_over = (f"binfmtd apply {target.name}" if ours else
+                 f"binfmtd apply {target.name} --force (binfmtd remove puts the other tool's entry back)")
     if run.returncode is None:
         return "the probe did not finish in time", "raise the timeout (--timeout), or check the host's load"
+    if user_image and machine is None and run.returncode and PULL_FAILED.search(run.stderr):
+        return (f"{engine} could not pull or find image {user_image} for {target.platform}",
+                f"check the reference, the registry and that the image has a {target.platform} variant: "
+                f"{engine} pull --platform {target.platform} {user_image}")
+    wrong = [e for e in shadows if not emulates(e.interpreter, target)]
+    if wrong:
+        return (f"entry {wrong[0].name!r} (not binfmtd's) claims {target.name} binaries and hands them to "
+                f"{wrong[0].interpreter}, which is not QEMU's {target.qemu} emulator",
+                f"remove that entry (echo -1 > {table.path}/{wrong[0].name}), then binfmtd apply {target.name}")
+    if entry is not None and entry.enabled and not emulates(entry.interpreter, target):
+        return (f"entry {entry.name} hands {target.name} binaries to {entry.interpreter}, which is not QEMU's "
+                f"{target.qemu} emulator", take_over)
     if "uncaught target signal" in run.stderr or (run.returncode and run.returncode >= 128 and interpreter.path):
         # Only a path root alone controls is run as root (resolved is None for a refused one).
         version = qemu_version(interpreter.resolved) if interpreter.resolved else None
@@ -497,13 +546,19 @@ def _cause(target, run, host, entry, interpreter, engine, machine, expected) -> 
         suffix = " (this is a private user-namespace table, not the host's)" if table.private else ""
         return f"no entry claims {target.name} binaries{suffix}", f"binfmtd apply {target.name}"
     if entry is not None and not entry.enabled:
-        return f"entry {entry.name} is disabled", f"binfmtd apply {target.name} (re-enables it)"
+        return (f"entry {entry.name} is disabled",
+                f"binfmtd apply {target.name} (re-enables it)" if ours else
+                f"echo 1 > {table.path}/{entry.name} (another tool's entry), or {take_over}")
     code = run.exec_errno
     if entry is not None and "F" not in entry.flags and not os.path.exists(entry.interpreter):
-        return f"interpreter {entry.interpreter} is gone", "install qemu-user-static, then binfmtd apply"
+        return (f"interpreter {entry.interpreter} is gone",
+                f"install qemu-user-static, then binfmtd apply {target.name}" if ours else
+                f"reinstall the tool that registered {entry.name} (Debian: apt-get install --reinstall "
+                f"qemu-user-static), or {take_over}")
     if entry is not None and "F" not in entry.flags and (engine != "sandbox" or code == errno.ENOENT):
         return (f"entry {entry.name} lacks the F flag: the kernel looks for {entry.interpreter} inside the container, "
-                "where it does not exist", f"binfmtd apply {target.name} --force (flags POCF)")
+                "where it does not exist",
+                f"binfmtd apply {target.name} --flags POCF" if ours else f"{take_over}; its default flags POCF have F")
     if code == errno.ENOEXEC:
         return "no enabled entry claims the probe (ENOEXEC)", f"binfmtd apply {target.name}"
     if "exec format error" in run.stderr.lower():

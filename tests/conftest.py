@@ -181,3 +181,36 @@ def _mounted():
             run_quiet(["umount", BINFMT_MISC])
 
 
+
+
+@contextlib.contextmanager
+def set_aside(*names: str):
+    """The host's entries with these names, removed while the test runs and registered again after
+    as they were (the caller holds host_table()). A host where the README's set-up ran
+    (`scripts/install && binfmtd apply`) has binfmtd's own qemu-* entries, which the test's binfmtd
+    (with its own state directory) rightly treats as another tool's; the test needs the names free.
+    An entry is put back at the end of the table and, with F, pins the emulator file the path names
+    then; one whose interpreter is gone could not be put back, so the test is skipped instead."""
+    from binfmtd.entry import parse_entry
+
+    saved = []
+    for name in names:
+        path = Path(BINFMT_MISC, name)
+        if path.exists():
+            entry = parse_entry(name, path.read_text())
+            if not os.path.exists(entry.interpreter):
+                pytest.skip(f"the host's entry {name} names {entry.interpreter}, which is gone: "
+                            "the test could not put the entry back")
+            saved.append(entry)
+    for entry in saved:
+        Path(BINFMT_MISC, entry.name).write_text("-1")
+    try:
+        yield [e.name for e in saved]
+    finally:
+        for entry in saved:
+            path = Path(BINFMT_MISC, entry.name)
+            if path.exists():
+                path.write_text("-1")  # what the test left under that name
+            Path(BINFMT_MISC, "register").write_text(entry.register_line())
+            if not entry.enabled:
+                path.write_text("0")

@@ -223,7 +223,7 @@ def test_a_host_that_cannot_do_it_fails_with_binfmtds_message(ns, ansible):
                           env=ansible.env)
     result = ansible.result("nonroot")
     assert run.rc == 2 and result["failed"]
-    assert result["msg"] == ("binfmtd apply: binfmt_misc can only be changed by root; run it with sudo "
+    assert result["msg"] == ("binfmtd apply: binfmt_misc can only be changed by root; run it as root "
                              "(exit 3: this host cannot do it)")
     assert set(listing.out.split()) == {"register", "status"}
 
@@ -300,6 +300,24 @@ def test_role_writes_the_config_registers_and_verifies_it(ns, ansible, tmp_path)
     assert second.rc == 0 and recap(second.out)["changed"] == 0, second.out
 
 
+def test_role_installs_binfmtd_from_this_checkout_and_applies_with_it(ns, ansible, tmp_path):
+    """The role's default install (binfmtd is not on PyPI): the checkout copied to the host and
+    pip-installed into a virtual environment, then used; here under tmp_path, without apt and units."""
+    qemu(FIRST)
+    prefix, link = tmp_path / "opt" / "binfmtd", tmp_path / "bin" / "binfmtd"
+    link.parent.mkdir()
+    play = role_play(binfmtd_install_qemu=False, binfmtd_services=[], binfmtd_prefix=str(prefix),
+                     binfmtd_link=str(link), binfmtd_path=str(link), binfmtd_config_path=str(tmp_path / "c.toml"),
+                     binfmtd_targets=[FIRST], binfmtd_verify_engine="sandbox")
+    first, version, second = ns.run(ansible.command(play, "source", "--skip-tags", "binfmtd_apt"),
+                                    f"{link} --version", ansible.command(play, "source", "--skip-tags", "binfmtd_apt"),
+                                    env={**ansible.env, "PYTHONPATH": ""}, timeout=600)
+    assert first.rc == 0, first.out + first.err
+    assert version.out.startswith("binfmtd ") and (prefix / "src" / "pyproject.toml").is_file()
+    assert os.readlink(link) == str(prefix / "bin" / "binfmtd")
+    assert second.rc == 0 and recap(second.out)["changed"] == 0, second.out
+
+
 def test_role_keeps_a_config_binfmtd_rejects_off_the_host(ns, ansible, tmp_path):
     config = tmp_path / "etc" / "binfmtd.toml"
     play = role_play(binfmtd_install="none", binfmtd_install_qemu=False, binfmtd_services=[],
@@ -320,7 +338,7 @@ def test_role_argument_spec_rejects_bad_variables(ansible):
     rejected = ansible.run(*shlex.split(bad))
     assert accepted.returncode == 0, accepted.stdout
     assert rejected.returncode == 2 and "Validation of arguments failed" in rejected.stdout
-    assert "binfmtd_install must be one of: pip, none, got: apt" in rejected.stdout
+    assert "binfmtd_install must be one of: source, deb, pip, none, got: apt" in rejected.stdout
     assert "binfmtd_services must be one or more of: binfmtd.service, binfmtd-daemon.service" in rejected.stdout
 
 

@@ -261,3 +261,11 @@ def test_remove_forgets_an_entry_that_is_already_gone(ns):
     assert remove.json()["results"][0]["action"] == "unchanged"
     state = json.loads((ns.state_dir / "state.json").read_text())
     assert list(state["entries"]) == ["qemu-riscv64"]
+
+
+def test_apply_shows_the_platform_the_user_named(ns):
+    qemu("arm")
+    as_json, as_text = ns.run(f"{BINFMTD} apply linux/arm/v6 --json", f"{BINFMTD} apply arm/v5 --check")
+    result, = as_json.json()["results"]
+    assert (result["target"], result["platform"], result["action"]) == ("arm", "linux/arm/v6", "registered")
+    assert as_text.out.splitlines()[1].split()[:2] == ["arm", "linux/arm/v5"]

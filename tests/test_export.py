@@ -139,7 +139,8 @@ def test_export_overwrites_its_own_files_and_leaves_others_alone(ns, tmp_path):
     dest = tmp_path / "binfmt.d"
     dest.mkdir()
     (dest / "jar.conf").write_text(":jar:E::jar::/usr/bin/jexec:\n")
-    (dest / "qemu-aarch64.conf").write_text(":qemu-aarch64:M::stale::/old/qemu:F\n")
+    (dest / "qemu-aarch64.conf").write_text("# Written by binfmtd 0.0.1 (binfmtd export --format binfmt.d)\n"
+                                            ":qemu-aarch64:M::stale::/old/qemu:F\n")
     export(ns, f"--format binfmt.d --dest {dest} aarch64 --flags PF")
     assert sorted(p.name for p in dest.iterdir()) == ["jar.conf", "qemu-aarch64.conf"]  # no temp files left
     assert (dest / "jar.conf").read_text() == ":jar:E::jar::/usr/bin/jexec:\n"
@@ -156,3 +157,18 @@ def test_foreign_binary_runs_after_systemd_binfmt_boots_the_export(ns, tmp_path,
     boot, run = ns.run(f"{SYSTEMD_BINFMT} {shlex.quote(path)}", f"{foreign_busybox['arm64']} uname -m")
     assert boot.rc == 0, boot.err
     assert (run.rc, run.out.strip()) == (0, "aarch64"), run.err
+
+
+@pytest.mark.parametrize("fmt,theirs", [("binfmt-support", "qemu-arm"), ("binfmt.d", "qemu-arm.conf")])
+def test_export_refuses_to_overwrite_another_packages_file_of_the_same_name(ns, tmp_path, fmt, theirs):
+    # Debian's qemu-user-static ships /usr/share/binfmts/qemu-<target>, binfmt-support's default
+    # import directory: exporting there must not replace its files.
+    dest = tmp_path / "binfmts"
+    dest.mkdir()
+    packaged = "package qemu-user-static\ninterpreter /usr/libexec/qemu-binfmt/arm-binfmt-P\n"
+    (dest / theirs).write_text(packaged)
+    step = ns.one(f"{BINFMTD} export --format {fmt} --dest {dest} aarch64 arm")
+    assert step.rc == 2 and step.out == ""
+    message, = step.err.splitlines()
+    assert f"{dest / theirs} was not written by binfmtd" in message and "--importdir" in message
+    assert [p.name for p in dest.iterdir()] == [theirs] and (dest / theirs).read_text() == packaged

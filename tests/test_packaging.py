@@ -23,8 +23,9 @@ from pathlib import Path
 import pytest
 
 from binfmtd import __version__
+from binfmtd.facts import native_targets
 
-from conftest import BINFMT_MISC, ROOT, host_table, need
+from conftest import BINFMT_MISC, ROOT, host_table, need, set_aside
 
 DEB = ROOT / "dist" / f"binfmtd_{__version__}_all.deb"
 BASE_IMAGE = "localhost/binfmtd-base:bookworm"
@@ -71,12 +72,30 @@ def remove_entry(name: str) -> None:
         Path(BINFMT_MISC, name).write_text("-1")
 
 
-def free_target(*candidates: str) -> str:
-    """A target whose qemu-<target> entry no other tool registered on this host."""
-    for target in candidates:
-        if not os.path.exists(f"{BINFMT_MISC}/qemu-{target}"):
-            return target
-    pytest.skip(f"other tools registered qemu-{{{','.join(candidates)}}} on this host")
+# What `scripts/install` (the README's set-up) leaves on a host, and the package would take for its
+# own: its config, binfmtd's state, the units and their enablement. The package test moves them
+# aside for its install and purge (dpkg would otherwise ask about the config, purge would delete
+# it and the state, and the enable link would point at the install's unit) and puts them back.
+INSTALLED_BY_SCRIPT = ["/etc/binfmtd", "/var/lib/binfmtd", "/etc/systemd/system/binfmtd.service",
+                       "/etc/systemd/system/binfmtd-daemon.service", WANTS,
+                       "/etc/systemd/system/multi-user.target.wants/binfmtd-daemon.service"]
+
+
+@contextlib.contextmanager
+def files_set_aside(paths):
+    """Each existing path renamed to PATH.binfmtd-test-aside while the test runs, and back after."""
+    moved = [p for p in paths if os.path.lexists(p)]
+    for path in moved:
+        os.rename(path, f"{path}.binfmtd-test-aside")
+    try:
+        yield moved
+    finally:
+        for path in moved:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            elif os.path.lexists(path):
+                os.unlink(path)
+            os.rename(f"{path}.binfmtd-test-aside", path)
 
 
 @pytest.fixture(scope="module")
@@ -126,11 +145,12 @@ def test_build_fails_naming_a_missing_unit(tmp_path):
 def test_installed_package_applies_verifies_and_purges_without_a_trace(deb, ns, foreign_busybox):
     need(shutil.which("apt-get") is not None, "apt-get is missing")
     installed = run(["dpkg-query", "-W", "-f", "${Status}", "binfmtd"]).stdout
-    if "installed" in installed.split() or os.path.exists("/var/lib/binfmtd"):
-        pytest.skip("binfmtd is installed or used (/var/lib/binfmtd) on this host; the test would purge it")
-    with host_table() as was_mounted:
+    if "installed" in installed.split():
+        pytest.skip("the binfmtd package is installed on this host; the test would purge it")
+    native = {t.name for t in native_targets()}
+    target = next(name for name in ("s390x", "riscv64") if name not in native)  # one no host runs natively
+    with host_table() as was_mounted, files_set_aside(INSTALLED_BY_SCRIPT), set_aside(f"qemu-{target}"):
         before = host_entries()
-        target = free_target("s390x", "riscv64", "ppc64le", "mips64el", "aarch64")
         Path(BINFMT_MISC, "register").write_text(FOREIGN_LINE)
         foreign = Path(BINFMT_MISC, FOREIGN).read_text()
         try:
@@ -239,10 +259,8 @@ def test_image_registers_a_pinned_emulator_that_outlives_the_container(image, po
     state = tmp_path / "state"
     state.mkdir()
     volume = ["-v", f"{state}:/var/lib/binfmtd"]
-    with host_table():
+    with host_table(), set_aside("qemu-aarch64"):
         before = host_entries()
-        if "qemu-aarch64" in before:
-            pytest.skip("another tool registered qemu-aarch64 on this host")
         try:
             apply = podman_run(podman_env, *volume, image, "apply", "aarch64", "--json")
             assert apply.returncode == 0, apply.stderr
@@ -297,10 +315,8 @@ def test_image_daemon_repairs_a_removed_entry_until_stopped(image, podman_env, t
     (tmp_path / "binfmtd.toml").write_text('targets = ["riscv64"]\n[daemon]\ninterval = 0.2\n')
     args = ["-v", f"{tmp_path}:/var/lib/binfmtd", "-v", f"{tmp_path}/binfmtd.toml:/etc/binfmtd/binfmtd.toml:ro"]
     name = f"binfmtd-test-daemon-{os.getpid()}"
-    with host_table():
+    with host_table(), set_aside("qemu-riscv64"):
         before = host_entries()
-        if "qemu-riscv64" in before:
-            pytest.skip("another tool registered qemu-riscv64 on this host")
         entry = Path(BINFMT_MISC, "qemu-riscv64")
 
         def wait_for(present: bool) -> bool:

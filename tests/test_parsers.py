@@ -252,3 +252,13 @@ def test_refused_register_writes_are_explained(code, release, flags, words):
     entry = Entry("qemu-aarch64", "/usr/bin/qemu-aarch64-static", flags, 0, target.magic, target.mask)
     message = explain_register_error(OSError(code, os.strerror(code)), entry, parse_kernel_release(release))
     assert message.startswith("qemu-aarch64: ") and words in message
+
+
+def test_an_interpreter_problem_names_the_path_once():
+    from binfmtd.interpreters import Interpreter
+
+    path = "/usr/local/bin/qemu-aarch64-static"
+    own = f"file {path} is writable by group 'staff'"
+    assert Interpreter(path, problem=own).described == own
+    assert Interpreter(path, problem="directory /usr/local/bin is writable by everyone").described == \
+        f"{path}: directory /usr/local/bin is writable by everyone"

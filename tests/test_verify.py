@@ -20,7 +20,7 @@ from binfmtd.probes import EXPECTED_MACHINE, MARKER
 from binfmtd.targets import BY_NAME
 from binfmtd.verify import ProbeRun, _probe_answered, _run, diagnose
 
-from conftest import BINFMT_MISC, BINFMTD, ROOT, host_table, need, qemu
+from conftest import BINFMT_MISC, BINFMTD, ROOT, host_table, need, qemu, set_aside
 
 CONTRACT_FIELDS = {"target", "platform", "ok", "machine", "seconds", "error"}
 
@@ -84,11 +84,54 @@ def test_a_shadowing_entry_and_a_crashing_emulator_are_named():
     shadow = Entry("aarch64", "/usr/bin/qemu-aarch64_be-static", "F", 0, t.magic, t.mask)
     interp = Interpreter("/usr/bin/qemu-aarch64-static", True, None)
     wrong = diagnose(t, ProbeRun(0, "binfmtd-probe:aarch64_be\n", "", 0.1), host_for([ours, shadow]), interp,
-                     "sandbox", False)
-    assert not wrong["ok"] and "entry 'aarch64' (not binfmtd's) claims these binaries" in wrong["cause"]
-    crash = diagnose(t, ProbeRun(139, "", "qemu: uncaught target signal 11 (Segmentation fault) - core dumped\n", 0.1),
-                     host_for([ours]), interp, "sandbox", False)
+                     "sandbox", None)
+    assert not wrong["ok"] and wrong["cause"].startswith("entry 'aarch64' (not binfmtd's) claims aarch64 binaries "
+                                                         "and hands them to /usr/bin/qemu-aarch64_be-static")
+    assert wrong["fix"] == f"remove that entry (echo -1 > {BINFMT_MISC}/aarch64), then binfmtd apply aarch64"
+    # The wrong emulator crashing is still the shadowing entry's fault, not QEMU's.
+    segv = ProbeRun(139, "", "qemu: uncaught target signal 11 (Segmentation fault) - core dumped\n", 0.1)
+    assert "hands them to /usr/bin/qemu-aarch64_be-static" in diagnose(t, segv, host_for([ours, shadow]), interp,
+                                                                         "sandbox", None)["cause"]
+    crash = diagnose(t, segv, host_for([ours]), interp, "sandbox", None)
     assert crash["cause"].startswith("the emulator crashed (QEMU ") and "uncaught target signal" in crash["cause"]
+
+
+def test_fixes_need_force_only_for_another_tools_entry():
+    t = BY_NAME["riscv64"]
+    enoent = ProbeRun(127, "", "binfmtd-exec-errno:2\n", 0.1)
+    interp = Interpreter("/usr/bin/qemu-riscv64-static", True, None)
+    no_f = Entry("qemu-riscv64", "/usr/bin/qemu-riscv64-static", "POC", 0, t.magic, t.mask)
+    mine = diagnose(t, enoent, host_for([no_f]), interp, "podman", None, ours=True)
+    assert "lacks the F flag" in mine["cause"] and mine["fix"] == "binfmtd apply riscv64 --flags POCF"
+    theirs = diagnose(t, enoent, host_for([no_f]), interp, "podman", None, ours=False)
+    assert theirs["fix"].startswith("binfmtd apply riscv64 --force")
+    gone = Entry("qemu-riscv64", "/nonexistent/qemu-riscv64-static", "POC", 0, t.magic, t.mask)
+    other_gone = diagnose(t, enoent, host_for([gone]), interp, "sandbox", None, ours=False)
+    assert other_gone["cause"] == "interpreter /nonexistent/qemu-riscv64-static is gone"
+    assert "--force" in other_gone["fix"] and "reinstall" in other_gone["fix"]
+    assert diagnose(t, enoent, host_for([gone]), interp, "sandbox", None, ours=True)["fix"] == \
+        "install qemu-user-static, then binfmtd apply riscv64"
+    # Another tool's qemu-riscv64 handing the binaries to the wrong emulator.
+    wrong = Entry("qemu-riscv64", "/usr/bin/qemu-riscv32-static", "F", 0, t.magic, t.mask)
+    report = diagnose(t, ProbeRun(1, "", "", 0.1), host_for([wrong]), interp, "sandbox", None, ours=False)
+    assert "which is not QEMU's riscv64 emulator" in report["cause"] and "--force" in report["fix"]
+
+
+def test_a_users_image_is_checked_against_the_machine_and_pull_failures_are_named():
+    t = BY_NAME["aarch64"]
+    ours = Entry("qemu-aarch64", "/usr/bin/qemu-aarch64-static", "POCF", 0, t.magic, t.mask)
+    interp = Interpreter("/usr/bin/qemu-aarch64-static", True, None)
+    host = host_for([ours])
+    assert diagnose(t, ProbeRun(0, "aarch64\n", "", 0.1), host, interp, "podman", "img")["ok"]
+    amd64 = diagnose(t, ProbeRun(0, "x86_64\n", "", 0.1), host, interp, "podman", "img")
+    assert not amd64["ok"] and amd64["machine"] == "x86_64"
+    probe = diagnose(t, ProbeRun(0, "binfmtd-probe:aarch64\n", "", 0.1), host, interp, "podman", "img")
+    assert probe["ok"] and probe["machine"] == "aarch64"
+    pull = ProbeRun(125, "", "Trying to pull example.invalid/x:1...\nError: initializing source "
+                    "docker://example.invalid/x:1: pinging container registry example.invalid: no such host\n", 0.1)
+    failed = diagnose(t, pull, host, interp, "podman", "example.invalid/x:1")
+    assert failed["cause"] == "podman could not pull or find image example.invalid/x:1 for linux/arm64"
+    assert failed["fix"].endswith("podman pull --platform linux/arm64 example.invalid/x:1")
 
 
 def test_unknown_or_absent_engine_is_exit_3_not_a_hang(ns):
@@ -109,16 +152,27 @@ def containers_conf(tmp_path, monkeypatch):
     conf.write_text('[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]\n'
                     '[engine]\nruntime = "runc"\n')
     monkeypatch.setenv("CONTAINERS_CONF", str(conf))
-    return conf
+    before = probe_images()
+    yield conf
+    for image in probe_images() - before:  # the probe images this test made
+        subprocess.run(["podman", "rmi", "-f", image], capture_output=True)
+
+
+def probe_images() -> set[str]:
+    listed = subprocess.run(["podman", "images", "--format", "{{.Repository}}:{{.Tag}}"], capture_output=True,
+                            text=True).stdout.split()
+    return {image for image in listed if image.split("/")[-1].startswith("binfmtd-probe:")}
 
 
 @pytest.fixture
 def host_registered(tmp_path):
-    """Registers aarch64 and riscv64 on the host with binfmtd (own state dir) and removes them after."""
+    """Registers aarch64 and riscv64 on the host with binfmtd (own state dir) and removes them after;
+    the host's own entries of those names, and s390x's, are set aside meanwhile and put back."""
     env = {**os.environ, "BINFMTD_STATE_DIR": str(tmp_path / "host-state"), "PYTHONPATH": str(ROOT),
            "BINFMTD_CONFIG": str(tmp_path / "none.toml")}
     (tmp_path / "none.toml").write_text("")
-    with host_table():  # one test run at a time on the host's table, mounted while it runs
+    # One test run at a time on the host's table, mounted while it runs.
+    with host_table(), set_aside("qemu-aarch64", "qemu-riscv64", "qemu-s390x"):
         done = subprocess.run([sys.executable, "-m", "binfmtd", "apply", "aarch64", "riscv64", "--json"], env=env,
                               capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
@@ -134,9 +188,10 @@ def run_verify(args, env, timeout=300):
 
 
 def test_podman_runs_the_probes_for_real(containers_conf, host_registered):
-    rc, report, err = run_verify(["aarch64", "riscv64", "--engine", "podman"], host_registered)
+    rc, report, err = run_verify(["riscv64", "aarch64", "--engine", "podman"], host_registered)
     assert rc == 0 and report["engine"] == "podman", err
-    assert {r["target"]: r["machine"] for r in report["results"]} == {"aarch64": "aarch64", "riscv64": "riscv64"}
+    # The rows in the target table's order, whichever probe finished first.
+    assert [(r["target"], r["machine"]) for r in report["results"]] == [("aarch64", "aarch64"), ("riscv64", "riscv64")]
     images = subprocess.run(["podman", "images", "--format", "{{.Repository}}:{{.Tag}}"], capture_output=True,
                             text=True).stdout
     assert "binfmtd-probe:aarch64" in images
@@ -195,6 +250,16 @@ def test_the_timeout_bounds_the_answer_and_then_the_engine():
     assert quick.returncode == 0 and quick.succeeded and quick.slow_engine(1.0) is None
 
 
+def test_an_image_that_cannot_be_pulled_is_named_as_such(containers_conf, tmp_path):
+    # Nothing listens on localhost:443: podman's pull fails at once, as with a mistyped registry.
+    rc, report, err = run_verify(["linux/arm64", "--engine", "podman", "--image", "localhost/binfmtd-test-missing:nope"],
+                                 {"BINFMTD_STATE_DIR": str(tmp_path / "state")})  # not the host's state
+    result, = report["results"]
+    assert rc == 1 and not result["ok"] and result["machine"] is None, err
+    assert result["cause"] == "podman could not pull or find image localhost/binfmtd-test-missing:nope for linux/arm64"
+    assert "no entry claims" not in result["cause"] and "localhost" in result["error"]
+
+
 @pytest.fixture
 def docker_on_podman(containers_conf, tmp_path):
     """The real docker CLI against podman's Docker-compatible API socket."""
@@ -229,7 +294,5 @@ def test_docker_cli_runs_the_probes_for_real(docker_on_podman, host_registered):
 
 
 def test_container_engine_names_an_unregistered_target(containers_conf, host_registered):
-    if os.path.exists(f"{BINFMT_MISC}/qemu-s390x"):
-        pytest.skip("another tool registered qemu-s390x on this host")
     rc, report, err = run_verify(["s390x", "--engine", "podman"], host_registered)
     assert rc == 1 and "no entry claims s390x" in report["results"][0]["cause"], err

@@ -325,9 +325,13 @@ def verify_failures(report):
     lines = []
     for r in report["results"]:
         if not r["ok"]:
-            text = "%s: %s" % (r["target"], r.get("error") or "probe failed")
-            if r.get("cause"):
-                text += " (cause: %s" % r["cause"] + ("; fix: %s)" % r["fix"] if r.get("fix") else ")")
+            error, cause = r.get("error") or "probe failed", r.get("cause")
+            if cause and error in cause:  # the cause quotes the error already (a crash)
+                text = "%s: %s" % (r["target"], cause)
+            else:
+                text = "%s: %s" % (r["target"], error) + ("; cause: %s" % cause if cause else "")
+            if r.get("fix"):
+                text += "; fix: %s" % r["fix"]
             lines.append(text)
     return lines
 
