@@ -19,7 +19,6 @@ import pytest
 
 from binfmtd.config import parse_config
 from binfmtd.facts import native_targets
-from binfmtd.probes import EXPECTED_MACHINE
 from binfmtd.targets import BY_NAME
 
 from conftest import BINFMT_MISC, ROOT, entry_file, need, qemu
@@ -257,7 +256,7 @@ def test_verify_runs_the_probes_and_every_run_verifies(ns, ansible):
         report = result["verify"]
         assert report["ok"] and report["engine"] == "sandbox"
         assert {r["target"]: r["machine"] for r in report["results"]} == {
-            FIRST: EXPECTED_MACHINE[FIRST], SECOND: EXPECTED_MACHINE[SECOND]}
+            FIRST: BY_NAME[FIRST].machine, SECOND: BY_NAME[SECOND].machine}
     documented = set(load_module_yaml("RETURN"))
     assert set(ansible.result("first")) - {"failed", "warnings", "diff"} <= documented
 
@@ -295,7 +294,7 @@ def test_role_writes_the_config_registers_and_verifies_it(ns, ansible, tmp_path)
     assert (written.targets, written.flags, written.verify_engine) == ((FIRST, SECOND_PLATFORM), "POF", "sandbox")
     assert "flags: POF\n" in entry.out
     applied = first.out[first.out.index("TASK [binfmtd.binfmt.host : Register the config's emulators"):]
-    assert '"engine": "sandbox"' in applied and f'"machine": "{EXPECTED_MACHINE[SECOND]}"' in applied  # -v shows it
+    assert '"engine": "sandbox"' in applied and f'"machine": "{BY_NAME[SECOND].machine}"' in applied  # -v shows it
     assert recap(first.out)["changed"] == 3 and recap(first.out)["failed"] == 0  # dir, config, entries
     assert second.rc == 0 and recap(second.out)["changed"] == 0, second.out
 

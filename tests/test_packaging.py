@@ -118,7 +118,8 @@ def test_package_holds_the_program_units_config_and_docs(deb):
     listing = run(["dpkg-deb", "-c", str(deb)]).stdout
     files = {line.split()[-1].lstrip(".") for line in listing.splitlines()}
     assert set(PACKAGE_PATHS) <= files
-    modules = {f"/usr/lib/python3/dist-packages/binfmtd/{p.name}" for p in (ROOT / "binfmtd").glob("*.py")}
+    modules = {f"/usr/lib/python3/dist-packages/{p.relative_to(ROOT).as_posix()}"
+               for p in (ROOT / "binfmtd").rglob("*.py")}
     assert modules <= files and not any("__pycache__" in f for f in files)
     launcher = next(line for line in listing.splitlines() if line.endswith(" ./usr/bin/binfmtd"))
     assert launcher.startswith("-rwxr-xr-x root/root ")

@@ -48,8 +48,8 @@ def test_probe_runs_under_qemu_and_reports_the_expected_machine(tmp_path, target
     result = _run([str(emulator), str(probe)])
 
     assert result.returncode == 0, result.stderr
-    assert probes.parse_probe_output(result.stdout) == probes.EXPECTED_MACHINE[target]
-    assert result.stdout == f"{probes.MARKER}{probes.EXPECTED_MACHINE[target]}\n"
+    assert probes.parse_probe_output(result.stdout) == targets.BY_NAME[target].machine
+    assert result.stdout == f"{probes.MARKER}{targets.BY_NAME[target].machine}\n"
 
 
 def test_probe_of_the_host_architecture_runs_natively(tmp_path):
@@ -77,9 +77,9 @@ def test_required_targets_are_supported():
     assert set(REQUIRED) <= set(probes.supported_targets())
 
 
-def test_supported_targets_are_binfmtd_targets_with_an_expected_machine():
-    assert set(probes.supported_targets()) <= set(targets.BY_NAME)
-    assert set(probes.EXPECTED_MACHINE) == set(probes.supported_targets())
+def test_every_binfmtd_target_has_a_probe_and_an_expected_machine():
+    assert set(probes.supported_targets()) == set(targets.BY_NAME)
+    assert all(targets.BY_NAME[name].machine for name in probes.supported_targets())
 
 
 def test_build_probe_refuses_an_unknown_target():

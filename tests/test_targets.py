@@ -139,6 +139,52 @@ def test_host_family_follows_qemus_script(machine, family):
     assert family_of_machine(machine) == family
 
 
+def _qemu_get_family(machine: str) -> str:
+    """qemu_get_family of QEMU's scripts/qemu-binfmt-conf.sh, transcribed case by case: the reference
+    that binfmtd's table-driven family_of_machine must answer like."""
+    if machine in ("amd64", "i386", "i486", "i586", "i686", "i86pc", "BePC", "x86_64"):
+        return "i386"
+    if machine.startswith("mips"):
+        return "mips"
+    if machine in ("Power Macintosh", "ppc64", "powerpc", "ppc"):
+        return "ppc"
+    if machine in ("ppc64el", "ppc64le"):
+        return "ppcle"
+    if machine in ("arm", "armel", "armhf", "arm64", "aarch64") or (
+            machine.startswith("armv") and machine.endswith("l")):
+        return "arm"
+    if machine in ("armeb", "aarch64_be") or (machine.startswith("armv") and machine.endswith("b")):
+        return "armeb"
+    if machine.startswith("sparc"):
+        return "sparc"
+    if machine.startswith("loongarch"):
+        return "loongarch"
+    return machine
+
+
+def _machine_spellings() -> set[str]:
+    """Every name, alias, platform part and expected machine in the table, QEMU's own spellings, and
+    near misses around each pattern (case, prefixes alone, suffixes on other words)."""
+    words = {"", "BePC", "i86pc", "Power Macintosh", "i586", "armv", "armvl", "armvb", "armv5tel", "armv6l",
+             "armv7b", "armv8b", "armv7", "armv7lx", "xarmv7l", "arm64be", "mips", "mipsisa64r6el", "sparc",
+             "sparcv9", "loongarch", "loongarch32", "x86", "AMD64", "ARMV7L", "Mips64", "ppc64lex", "ia64",
+             "s390", "s390x", "riscv64", "parisc64", "sh4a", "m68k", "alpha", "unknown"}
+    for target in TARGETS:
+        words |= {target.name, target.family, target.machine, *target.aliases}
+        words |= {part for platform in target.platforms for part in platform.split("/")}
+    return words | {w + suffix for w in set(words) for suffix in ("l", "b", "el", "_be", " ")}
+
+
+def test_family_of_machine_answers_as_qemus_script_over_many_spellings():
+    spellings = _machine_spellings()
+    assert len(spellings) > 400
+    assert {m: family_of_machine(m) for m in spellings} == {m: _qemu_get_family(m) for m in spellings}
+
+
+def test_every_target_says_what_uname_prints_under_its_qemu():
+    assert all(target.machine for target in TARGETS)
+
+
 def test_apply_all_registers_cris_and_skips_a_target_whose_emulator_is_missing(ns, tmp_path, root_only_dir):
     """Debian 12 ships qemu-cris-static: `apply --all` registers it and a cris binary runs through
     the kernel's entry. A target without an emulator on disk (here nios2, hidden by
