@@ -33,7 +33,7 @@ from binfmtd.errors import HostUnsupported, UsageError
 from binfmtd.interpreters import (DEFAULT_INTERPRETER_DIRS, describe_version, emulator_identity,
                                   identity_of_open_file, qemu_version, read_interpreter, same_file)
 from binfmtd.native import read_native
-from binfmtd.probes import EXPECTED_MACHINE, build_probe, parse_probe_output
+from binfmtd.probes import build_probe, parse_probe_output
 from binfmtd.targets import Target
 
 CONTAINER_ENGINES = ("docker", "podman", "nerdctl")
@@ -464,7 +464,7 @@ def diagnose(target: Target, run: ProbeRun, host: facts.Host, interpreter, engin
     machine = parse_probe_output(run.stdout)
     if user_image and machine is None:
         machine = (run.stdout.strip().splitlines() or [""])[-1].strip() or None
-    expected = {host.machine} if native else {EXPECTED_MACHINE[target.name]}
+    expected = {host.machine} if native else {target.machine}
     ok = run.succeeded and machine in expected
     result = {
         "target": target.name, "platform": target.platform, "ok": ok, "machine": machine,

@@ -25,15 +25,11 @@ from __future__ import annotations
 
 from binfmtd.probes import classic, embedded, mainstream
 from binfmtd.probes.elf import MARKER, Spec, elf_file
-from binfmtd.targets import BY_NAME
 
-__all__ = ["EXPECTED_MACHINE", "MARKER", "build_probe", "parse_probe_output", "supported_targets"]
+__all__ = ["MARKER", "build_probe", "parse_probe_output", "supported_targets"]
 
 # Keyed by binfmtd.targets names; every target in that table has a probe.
 _SPECS: dict[str, Spec] = {**mainstream.SPECS, **classic.SPECS, **embedded.SPECS}
-
-# Target.machine by target name, for callers that still read it here (verify).
-EXPECTED_MACHINE: dict[str, str] = {name: BY_NAME[name].machine for name in _SPECS}
 
 
 def supported_targets() -> tuple[str, ...]:
