@@ -12,6 +12,7 @@ from binfmtd import facts
 from binfmtd.config import Config, load_config
 from binfmtd.entry import Entry, flags_problem, normalize_flags
 from binfmtd.errors import BinfmtdError, HostUnsupported, UsageError
+from binfmtd.image import registered_by_image
 from binfmtd.interpreters import DEFAULT_INTERPRETER_DIRS, Interpreter, add_versions, read_interpreter, safety_problem
 from binfmtd.native import read_native
 from binfmtd.plan import Desired, Plan, plan_apply, plan_remove
@@ -152,7 +153,8 @@ def apply(names=(), all_targets=False, flags: str | None = None, force=False, ch
     def plan_now(host: facts.Host, state: State) -> Plan:
         targets, explicit = desired_targets(names, all_targets, config, host.native)
         desired = Desired(targets, normalize_flags(flags), explicit, force, frozenset(reclaim), flags_chosen)
-        return plan_apply(desired, host, _read_interpreters(targets, host.native, dirs, host, state), state)
+        return plan_apply(desired, host, _read_interpreters(targets, host.native, dirs, host, state), state,
+                          _restore_problem)
 
     if check:
         host = facts.read_host(path, read_native(state_dir, remember=False)[0])
@@ -305,7 +307,7 @@ def emulator_of(entry: Entry, owned: bool, pinned: dict | None, on_disk: dict | 
     from binfmtd.interpreters import describe_version, same_file
 
     drift = note = None
-    if "F" in entry.flags and entry.enabled and on_disk is None:
+    if "F" in entry.flags and entry.enabled and on_disk is None and not registered_by_image(entry.interpreter):
         drift = "removed"
         note = (f"emulator {entry.interpreter} is gone from disk; the entry still runs the file it pinned"
                 + (f" ({describe_version(pinned)})" if pinned else "")

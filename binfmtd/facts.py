@@ -194,6 +194,9 @@ class Host:
     machine: str
     binfmt_misc: BinfmtMisc
     native: tuple[str, ...] = field(default=())
+    # entries whose interpreter path names nothing on disk now (with F the kernel still holds the
+    # file it opened; an upgrade or a removal of QEMU took the path away)
+    vanished: frozenset[str] = frozenset()
 
 
 def read_host(binfmt_misc_path: str = DEFAULT_BINFMT_MISC, native: tuple[str, ...] | None = None) -> Host:
@@ -201,7 +204,9 @@ def read_host(binfmt_misc_path: str = DEFAULT_BINFMT_MISC, native: tuple[str, ..
     machine = os.uname().machine
     if native is None:
         native = tuple(t.name for t in native_targets(machine))
-    return Host(read_kernel(), machine, read_binfmt_misc(binfmt_misc_path), native)
+    table = read_binfmt_misc(binfmt_misc_path)
+    vanished = frozenset(e.name for e in table.entries if not os.path.exists(e.interpreter))
+    return Host(read_kernel(), machine, table, native, vanished)
 
 
 def target_of_entry(entry: Entry) -> Target | None:

@@ -290,8 +290,14 @@ def emulator_identity(path: str, version: bool = True, known: tuple[dict, ...] =
     """Which file `path` is now (symlinks followed, as the kernel's open follows them):
     {"path", "dev", "ino", "size", "mtime", "version"}, or None when nothing is there. The
     version comes from a known identity of the same file, else from its banner (with `version`)."""
-    try:  # O_NONBLOCK: another tool's interpreter path may name a FIFO
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:  # another tool's interpreter path may name anything: open only a regular file, never a
+        # device (opening /dev/watchdog or a tape has effects) or a FIFO
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped between the two looks
+            os.close(fd)
+            return None
     except OSError:
         return None
     try:

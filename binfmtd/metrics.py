@@ -8,7 +8,15 @@ import json
 
 from binfmtd import commands
 from binfmtd.errors import BinfmtdError
-from binfmtd.state import VERIFY_FILE, load_state, read_record, state_dir_from_env, write_atomic, write_record
+from binfmtd.state import (
+    VERIFY_FILE,
+    load_state,
+    open_state_dir,
+    read_record,
+    state_dir_from_env,
+    write_atomic,
+    write_record,
+)
 from binfmtd.targets import TARGETS
 
 
@@ -20,8 +28,9 @@ def record_verify(report, state_dir: str | None = None) -> None:
     state_dir = state_dir or state_dir_from_env()
     data = {"time": time.time(), "engine": report.engine, "results": {r["target"]: r["ok"] for r in report.results}}
     try:
+        open_state_dir(state_dir)  # the rules apply's writes follow: root's, root-only, or nothing
         write_record(state_dir, VERIFY_FILE, json.dumps(data))
-    except OSError:
+    except (OSError, BinfmtdError):
         pass
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 
 from binfmtd.entry import Entry, normalize_flags, parse_register_line
 from binfmtd.facts import Host
+from binfmtd.image import registered_by_image
 from binfmtd.interpreters import Interpreter, describe_version, same_file
 from binfmtd.state import State
 from binfmtd.targets import Target
@@ -64,12 +65,16 @@ def shadowing_entries(target: Target, host: Host) -> list[Entry]:
             if e.name != target.entry_name and e.claims(target.magic)]
 
 
-def plan_apply(desired: Desired, host: Host, interpreters: dict[str, Interpreter], state: State) -> Plan:
+def plan_apply(desired: Desired, host: Host, interpreters: dict[str, Interpreter], state: State,
+               restore_problem=lambda entry: None) -> Plan:
+    """`restore_problem` as for plan_remove: an entry binfmtd removes may have taken one over."""
     flags = normalize_flags(desired.flags)
     plan = Plan([], mount=not host.binfmt_misc.mounted)
     for target in desired.targets:
-        plan.actions.append(_plan_target(target, flags, desired, host,
-                                         interpreters.get(target.qemu, Interpreter(None)), state))
+        action = _plan_target(target, flags, desired, host, interpreters.get(target.qemu, Interpreter(None)), state)
+        if action.action == REMOVED:
+            _put_back_taken_over(action, state, restore_problem)
+        plan.actions.append(action)
     # The default's C is a surprise worth one warning when binfmtd first registers an entry with
     # it; the operator who chose the flags, and every later run, need not read it again.
     first_default = not desired.flags_chosen and any(
@@ -94,12 +99,15 @@ def _plan_target(target: Target, flags: str, desired: Desired, host: Host,
                       flags=flags)
     # The interpreter's verdict is interpreters.read_interpreter's alone (check shows the same).
     if interpreter.path is None:
-        if current is not None and state.owns(current):
+        # binfmtd's entry whose emulator is gone from disk; not one its image registered, whose
+        # emulator only ever lived in the container (the kernel holds it with F)
+        if current is not None and state.owns(current) and current.name in host.vanished \
+                and not registered_by_image(current.interpreter):
             return _remove_vanished(target, current, state)
         reason = f"no interpreter: {interpreter.problem}; {interpreter.fix}"
         if target.removed_in:  # say so, or the sysadmin goes looking for a package that cannot exist
             reason += f" (QEMU {target.removed_in} and later have no {target.name} emulator)"
-        if current is not None and current.enabled and "F" in current.flags:
+        if current is not None and current.enabled and "F" in current.flags and current.name in host.vanished:
             reason += (f"; entry {name} (not binfmtd's) keeps running the emulator it pinned at registration, "
                        "removed from disk since")
         return Action(target, SKIPPED, reason, flags=flags, error=reason if desired.explicit else None)
@@ -152,6 +160,20 @@ def _remove_vanished(target: Target, current: Entry, state: State) -> Action:
                   current.interpreter, current.flags, old=current)
 
 
+def _put_back_taken_over(action: Action, state: State, restore_problem) -> None:
+    """A removal of binfmtd's entry puts back the entry --force had taken over, exactly as it was
+    (enabled or not), unless `restore_problem` finds it unsafe now."""
+    owned = state.entries.get(action.target.entry_name)
+    if not (owned and owned.replaced):
+        return
+    restore = replace(parse_register_line(owned.replaced), enabled=owned.replaced_enabled)
+    if problem := restore_problem(restore):
+        action.reason += f"; the entry it had taken over is not put back: {problem}"
+    else:
+        action.restore = restore
+        action.reason += "; the entry it had taken over is put back"
+
+
 def _differences(current: Entry, new: Entry) -> list[str]:
     a, b = current.masked(), new.masked()
     diffs = [what for what, x, y in (("magic", a.magic, b.magic), ("mask", a.mask, b.mask),
@@ -168,8 +190,9 @@ def _flag_warnings(flags: str, host: Host, changing: bool, first_default: bool) 
     if changing and "F" not in flags:
         warnings.append("flags lack F: containers and chroots without QEMU inside cannot run foreign binaries")
     if first_default and "C" in flags:
-        warnings.append("flag C: setuid foreign binaries run with their owner's rights (root for setuid-root "
-                        "ones); pass --flags POF to turn that off")
+        warnings.append("flag C: a setuid-root foreign binary runs QEMU as root, and QEMU obeys its caller's "
+                        "QEMU_* environment (QEMU_LOG_FILENAME writes any file as root): whoever can run such a "
+                        "binary can act as root; pass --flags POF unless setuid foreign binaries must work")
     if "P" in flags and not host.kernel.tells_qemu_about_p:
         warnings.append(f"flag P on kernel {host.kernel.release} (before 5.12): QEMU cannot detect it and must be "
                         "built to assume it (Debian's /usr/libexec/qemu-binfmt/*-binfmt-P wrappers), or argv breaks")
@@ -203,16 +226,9 @@ def plan_remove(targets: tuple[Target, ...], host: Host, state: State, force: bo
             plan.actions.append(Action(target, UNCHANGED, "not registered", forget=True))
             continue
         action = Action(target, REMOVED, "", current.interpreter, current.flags, old=current)
-        owned = state.entries.get(current.name)
         if state.owns(current):
             action.reason = "registered by binfmtd"
-            if owned and owned.replaced:
-                restore = replace(parse_register_line(owned.replaced), enabled=owned.replaced_enabled)
-                if problem := restore_problem(restore):
-                    action.reason += f"; the entry it had taken over is not put back: {problem}"
-                else:
-                    action.restore = restore
-                    action.reason += "; the entry it had taken over is put back"
+            _put_back_taken_over(action, state, restore_problem)
         elif force:
             action.reason = "registered by another tool; removed because of --force"
         else:

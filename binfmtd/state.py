@@ -321,7 +321,12 @@ def load_state(state_dir: str) -> State:
 
 
 def save_state(state_dir: str, state: State) -> None:
-    write_atomic(os.path.join(state_dir, STATE_FILE), format_state(state), 0o600)
+    path = os.path.join(state_dir, STATE_FILE)
+    try:
+        write_atomic(path, format_state(state), 0o600)
+    except OSError as exc:  # a full or read-only /var: the intents already saved settle next run
+        raise BinfmtdError(f"cannot write {path} ({exc.strerror}); make room on that filesystem or make it "
+                           "writable, then run binfmtd apply again") from None
 
 
 @contextmanager
@@ -333,8 +338,9 @@ def locked(state_dir: str, timeout: float = 60.0):
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
     except OSError as exc:
-        raise HostUnsupported(f"cannot open {path} ({exc.strerror}); remove whatever is there "
-                              "(binfmtd makes it a plain file)") from None
+        fix = ("remove the link: binfmtd makes it a plain file" if exc.errno == errno.ELOOP else
+               "binfmtd needs its state directory writable (or set BINFMTD_STATE_DIR)")
+        raise HostUnsupported(f"cannot open {path} ({exc.strerror}); {fix}") from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise HostUnsupported(f"{path} is not a regular file; remove it")

@@ -436,8 +436,9 @@ def emulator_that_ran(run: ProbeRun, entry) -> dict | None:
         gone = "deleted" if ran["deleted"] else "replaced"
         note = (f"the kernel ran {describe_version(ran)} from {ran['path']}, {gone} on disk since ("
                 + (f"{entry.interpreter} is now {describe_version(on_disk)}" if on_disk else f"{entry.interpreter} is gone")
-                + f"): {entry.name} still pins the old file; `binfmtd apply` re-registers it if it is binfmtd's, "
-                "else re-register it with the tool that made it")
+                + f"): {entry.name} still pins the old file; `binfmtd apply` "
+                + ("re-registers it" if on_disk else "removes it") + " if it is binfmtd's, else "
+                + ("re-register it with the tool that made it" if on_disk else "reinstall QEMU or remove the entry"))
     return {"path": ran["path"], "version": ran["version"], "deleted": ran["deleted"], "current": current,
             "note": note}
 

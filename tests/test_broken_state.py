@@ -3,6 +3,7 @@ the kernel's table. Binary, huge, a FIFO, and well-formed JSON of the wrong shap
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -49,3 +50,18 @@ def test_broken_state_file_is_one_line_and_nothing_changes(ns, kind):
     samples = [line for line in prometheus.out.splitlines() if line and not line.startswith("#")]
     for sample in samples:
         float(sample.rsplit(" ", 1)[1])  # every sample's value is a number
+
+
+def test_a_full_state_filesystem_is_one_line_and_one_json_object(ns):
+    """A full /var at boot: binfmtd cannot record intent, so it changes nothing and says why in
+    one line (and one JSON object), never a traceback."""
+    ns.state_dir.mkdir()
+    fill = (f"mount -t tmpfs -o size=64k,mode=0755 tmpfs {ns.state_dir} && "
+            f"dd if=/dev/zero of={ns.state_dir}/filler bs=4k 2>/dev/null; true")
+    _, apply, listing = ns.run(fill, f"{BINFMTD} apply aarch64 --json", f"ls {BINFMT_MISC}")
+    lines = apply.err.strip().splitlines()
+    assert apply.rc == 1 and "Traceback" not in apply.err, apply.err
+    assert any("cannot write" in line and "state.json" in line for line in lines), apply.err
+    report = json.loads(apply.out)
+    assert report["ok"] is False and report["errors"][0]["message"].startswith("cannot write")
+    assert listing.out.split() == ["register", "status"]

@@ -78,8 +78,9 @@ def test_state_round_trips_the_pinned_emulator():
 def plan_for(current: Entry | None, owned: Owned | None, on_disk: dict | None, flags: str = "POCF"):
     """plan_apply for aarch64 alone (pure: the facts are given)."""
     t = BY_NAME["aarch64"]
+    vanished = frozenset({current.name} if current and on_disk is None else ())  # the file at its path is gone
     host = Host(parse_kernel_release("6.18.0"), "x86_64",
-                BinfmtMisc(BINFMT_MISC, True, True, "binfmt_misc", True, (current,) if current else ()), ())
+                BinfmtMisc(BINFMT_MISC, True, True, "binfmt_misc", True, (current,) if current else ()), (), vanished)
     interpreter = (Interpreter(on_disk["path"], True, resolved=on_disk["path"], identity=on_disk) if on_disk
                    else Interpreter(None, problem="not found", fix="install it"))
     state = State({"qemu-aarch64": owned} if owned else {})
@@ -434,3 +435,49 @@ def test_deb_trigger_re_pins_the_entries_when_qemu_is_upgraded_to_backports():
         assert {p.name for p in Path(BINFMT_MISC).iterdir()} == before
         assert binfmt_support_database() == binfmts_before
         assert not os.path.exists("/var/lib/binfmtd") and not BACKPORTS_LIST.exists()  # purged; yours comes back
+
+
+def test_vanished_emulator_of_a_taken_over_entry_puts_the_original_back(ns, emulators, root_only_dir):
+    """--force took over another tool's entry; when binfmtd's emulator is then removed, apply
+    removes binfmtd's entry and registers the original again, exactly as it was."""
+    t = BY_NAME["aarch64"]
+    other = root_only_dir / "other"
+    other.mkdir()
+    shutil.copy2(OLD, other / "qemu-aarch64")
+    line = f":qemu-aarch64:M::{escape(t.magic)}:{escape(t.mask)}:{other / 'qemu-aarch64'}:F"
+    steps = ns.run(f"printf '%s' {shlex.quote(line)} > {BINFMT_MISC}/register", f"cat {BINFMT_MISC}/qemu-aarch64",
+                   f"{BINFMTD} apply --force --json", f"rm {emulators['path']}", f"{BINFMTD} apply --json",
+                   f"cat {BINFMT_MISC}/qemu-aarch64", env=emulators["env"])
+    _, before, force, _, apply, after = steps
+    assert [r["action"] for r in force.json()["results"]] == ["replaced"], force.err
+    result, = apply.json()["results"]
+    assert result["action"] == "removed" and "put back" in result["reason"], apply.out + apply.err
+    assert after.out == before.out
+
+
+def test_an_emulator_only_missing_from_interpreter_dirs_is_not_removed(ns, emulators, tmp_path):
+    """"Vanished" means gone from disk, not "not found where this config looks": binfmtd's
+    entry stays, and an explicitly named target that cannot be registered is an error."""
+    empty = tmp_path / "nothing-here.toml"
+    empty.write_text('interpreter_dirs = ["/nonexistent"]\n')
+    first, named, listing = ns.run(f"{BINFMTD} apply", f"{BINFMTD} apply aarch64 --config {empty} --json",
+                                   f"ls {BINFMT_MISC}", env=emulators["env"])
+    assert first.rc == 0, first.err
+    assert named.rc == 1 and [r["action"] for r in named.json()["results"]] == ["skipped"]
+    assert "qemu-aarch64" in listing.out.split()
+
+
+def test_entries_of_binfmtds_image_survive_a_host_without_their_emulator(ns, emulators, tmp_path):
+    """The image's emulators live only in the container (the kernel holds them with F); a host
+    apply where that path names nothing must not remove the image's working entries."""
+    t = BY_NAME["aarch64"]
+    line = f":qemu-aarch64:M::{escape(t.magic)}:{escape(t.mask)}:/usr/libexec/binfmtd-image/qemu-aarch64-static:"
+    config = tmp_path / "c.toml"
+    config.write_text('targets = ["aarch64"]\ninterpreter_dirs = ["/nonexistent"]\n')
+    _, apply, status, entry = ns.run(f"printf '%s' {shlex.quote(line)} > {BINFMT_MISC}/register",
+                                     f"{BINFMTD} apply --config {config} --json", f"{BINFMTD} status --json",
+                                     f"cat {BINFMT_MISC}/qemu-aarch64")
+    assert apply.rc == 0 and [r["action"] for r in apply.json()["results"]] == ["skipped"], apply.out + apply.err
+    report, = status.json()["entries"]
+    assert report["owner"] == "binfmtd" and report["emulator"]["drift"] is None
+    assert entry.out.startswith("enabled\n")

@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import sys
 
-from conftest import BINFMT_MISC, BINFMTD, qemu
+from conftest import BINFMT_MISC, BINFMTD, need, qemu
 from binfmtd.entry import Entry
 from binfmtd.facts import native_targets
 from binfmtd.metrics import write_textfile
@@ -130,3 +131,34 @@ def test_interpreter_check_and_apply_agree_that_the_state_directory_is_needed_fi
     (ns.state_dir / "state.json").symlink_to(victim)
     check = ns.one(f"{BINFMTD} apply aarch64 --check")
     assert check.rc == 1 and "symbolic link" in one_error_line(check)
+
+
+def test_status_never_opens_another_tools_interpreter_that_is_not_a_regular_file(ns, tmp_path):
+    """Another tool's entry may name any path, which a user may point at a device: root's status
+    and metrics look at it with stat() alone (opening /dev/watchdog or a tape has effects)."""
+    need(shutil.which("strace") is not None, "strace is missing (apt-get install strace)")
+    link = tmp_path / "qemu-user-chosen"
+    link.symlink_to("/dev/null")
+    target = lookup("aarch64")
+    line = Entry("qemu-aarch64", str(link), "", 0, target.magic, target.mask).register_line()
+    trace = tmp_path / "trace"
+    register, status, prometheus = ns.run(
+        f"printf '%s' {shlex.quote(line)} > {BINFMT_MISC}/register",
+        f"strace -f -qq -e trace=open,openat -o {trace} {BINFMTD} status --json",
+        f"{BINFMTD} status --format prometheus")
+    assert register.rc == 0 and status.rc == 0 and prometheus.rc == 0, status.err + prometheus.err
+    opened = [row for row in trace.read_text().splitlines() if str(link) in row or "/dev/null" in row.split('"')[1:2]]
+    assert opened == [], opened
+    assert status.json()["entries"][0]["interpreter"] == str(link)
+
+
+def test_verify_records_nothing_in_a_state_directory_apply_refuses(ns, foreign_busybox):
+    """verify keeps the metrics' record in the state directory under the same rules as apply."""
+    ns.state_dir.mkdir()
+    os.chown(ns.state_dir, NOBODY, NOBODY)
+    elsewhere = ns.workdir / "apply-state"
+    apply, verify = ns.run(f"BINFMTD_STATE_DIR={elsewhere} {BINFMTD} apply aarch64",  # a table to verify
+                           f"{BINFMTD} verify aarch64 --engine sandbox --json")
+    assert apply.rc == 0, apply.err
+    assert verify.rc == 0, verify.err
+    assert os.listdir(ns.state_dir) == []
