@@ -12,7 +12,7 @@ from binfmtd.entry import parse_entry
 from binfmtd.facts import native_targets
 from binfmtd.targets import BY_NAME, TARGETS
 
-from conftest import BINFMT_MISC, BINFMTD, FOREIGN_BUSYBOX, qemu
+from conftest import BINFMT_MISC, BINFMTD, FOREIGN_BUSYBOX, host_table, qemu
 
 NATIVE = {t.name for t in native_targets()}
 FOREIGN_TARGETS = [t for t in TARGETS if t.name not in NATIVE]
@@ -245,14 +245,16 @@ def test_platform_names_work_like_targets(ns):
 def test_sandbox_command_gives_a_private_table(tmp_path):
     from binfmtd.facts import read_binfmt_misc
 
-    before = read_binfmt_misc().entries
-    done = subprocess.run(f"{BINFMTD} sandbox -- sh -c '{BINFMTD} apply aarch64 >/dev/null && {BINFMTD} status --json'",
-                          shell=True, capture_output=True, text=True,
-                          env={**os.environ, "BINFMTD_STATE_DIR": str(tmp_path)})
+    with host_table():  # the host's table must stay as it is: no other test may change it meanwhile
+        before = read_binfmt_misc().entries
+        done = subprocess.run(f"{BINFMTD} sandbox -- sh -c '{BINFMTD} apply aarch64 >/dev/null && "
+                              f"{BINFMTD} status --json'", shell=True, capture_output=True, text=True,
+                              env={**os.environ, "BINFMTD_STATE_DIR": str(tmp_path)})
+        after = read_binfmt_misc().entries
     assert done.returncode == 0, done.stderr
     status = json.loads(done.stdout)
     assert status["binfmt_misc"]["private"] and [e["name"] for e in status["entries"]] == ["qemu-aarch64"]
-    assert read_binfmt_misc().entries == before
+    assert after == before
 
 
 def test_remove_forgets_an_entry_that_is_already_gone(ns):
