@@ -14,14 +14,11 @@ from binfmtd.targets import lookup
 
 
 @dataclass(frozen=True)
-class Table:
-    """What the kernel shows at the binfmt_misc path, as cheaply as it can be read."""
+class Table(facts.Table):
+    """The table as facts reads it (mounted?, status, each entry's text), and the emulators' files
+    and directories on disk, stat()ed: an upgrade renames a new QEMU over an F entry's pinned file
+    (plan re-registers it), removes one, or adds one to a directory."""
 
-    mounted: bool
-    status: str = ""  # "enabled" / "disabled"
-    entries: tuple[tuple[str, str], ...] = ()  # (name, entry file text)
-    # The emulators' files and directories on disk, stat()ed: an upgrade renames a new QEMU over an
-    # F entry's pinned file (plan re-registers it), removes one, or adds one to a directory.
     emulators: tuple[tuple[str, tuple | None], ...] = ()
 
 
@@ -42,25 +39,11 @@ def stamp_emulators(entries: tuple[tuple[str, str], ...], dirs: tuple[str, ...])
 def read_table(path: str, interpreter_dirs: tuple[str, ...] = (), dir_stamps: tuple | None = None) -> Table:
     """What the kernel shows, with the emulators' stamps; `dir_stamps` are the directories' stamps
     taken earlier (before an apply, so that an emulator added while it ran still counts)."""
-    mounted = (facts.parse_mount_type(facts.read_text("/proc/self/mountinfo"), path) == "binfmt_misc"
-               and os.path.exists(os.path.join(path, "register")))
-    if not mounted:
+    table = facts.read_table(path)
+    if not table.mounted:
         return Table(False)
-    entries = []
-    try:
-        names = sorted(os.listdir(path))
-    except OSError:
-        return Table(False)
-    for name in names:
-        if name not in ("register", "status"):
-            try:
-                with open(os.path.join(path, name)) as f:
-                    entries.append((name, f.read()))
-            except OSError:  # removed between listdir and open
-                continue
     dirs = dir_stamps if dir_stamps is not None else stamp_emulators((), interpreter_dirs)
-    return Table(True, facts.read_text(os.path.join(path, "status")).strip(), tuple(entries),
-                 stamp_emulators(tuple(entries), ()) + dirs)
+    return Table(True, table.status, table.entries, stamp_emulators(table.entries, ()) + dirs)
 
 
 @dataclass

@@ -12,15 +12,12 @@ from binfmtd.daemon.systemd import ERR, INFO, Log, Notifier, Signals
 from binfmtd.errors import EXIT_USAGE, BinfmtdError, UsageError
 from binfmtd.state import BOOT_FILE, open_state_dir, read_record, state_dir_from_env, write_record
 
-BOOT_ID = "/proc/sys/kernel/random/boot_id"
-
-
 # -- boot detection ------------------------------------------------------------------------------
 
 def note_boot(state_dir: str) -> tuple[str, str | None]:
     """This boot's id and the one the last start stored (None: never started here), storing
     this one atomically for the next start."""
-    boot = facts.read_text(BOOT_ID).strip()
+    boot = facts.read_boot_id()
     open_state_dir(state_dir)
     previous = read_record(state_dir, BOOT_FILE)
     previous = previous if isinstance(previous, str) else None
@@ -31,7 +28,7 @@ def note_boot(state_dir: str) -> tuple[str, str | None]:
 
 def boot_message(boot: str, previous: str | None) -> str:
     if not boot:
-        return f"cannot read {BOOT_ID}; not telling a reboot from a restart"
+        return f"cannot read {facts.BOOT_ID}; not telling a reboot from a restart"
     if previous == boot:
         return f"restarted within the same boot {boot}"
     return f"first start since boot {boot}" + (f" (previous start: boot {previous})" if previous else "")
