@@ -61,6 +61,12 @@ class Watch:
     verified: dict[str, str] = field(default_factory=dict)
     emulators: tuple = ()  # the emulators' stamps after the apply: a file replaced since is drift
 
+    def hold(self, name: str) -> None:
+        """From now on another tool's entry: binfmtd registers its own once the name is free."""
+        del self.entries[name]
+        self.verified.pop(name, None)
+        self.held.add(name)
+
 
 def watch_from_report(report: commands.ChangeReport, state: State, status: str) -> Watch:
     """The desired state an apply established. A target with no interpreter (native, no QEMU)
@@ -107,31 +113,34 @@ def find_drift(table: Table, watch: Watch, path: str) -> Drift:
         drift.repair = True
     kernel = dict(table.entries)
     for name in sorted(watch.entries.keys() | watch.held):
-        text = kernel.get(name)
-        if text is None:
-            drift.changes.append(f"{name} was removed" + (" (it was another tool's)" if name in watch.held else ""))
-            drift.repair = True
-            continue
-        if name in watch.held or watch.verified.get(name) == text:
-            continue  # someone else's entry (what it contains is theirs to decide), or as desired
-        entry, want = parse_entry(name, text), watch.entries[name]
-        if entry.enabled and entry.same_registration(want):
-            watch.verified[name] = text
-            continue
-        what = "disabled" if entry.same_registration(want) else "changed"
-        if name in watch.owned:
-            # binfmtd registered it (its state records this very entry), and someone changed it:
-            # drift like any other, although the entry no longer matches the state's record
-            drift.changes.append(f"{name} was {what}")
-            drift.repair = True
-            drift.reclaim.add(name)
-        else:
-            drift.changes.append(f"{name} was {what}")
-            drift.left[name] = (f"another tool's entry, now {entry.interpreter}, flags {entry.flags or '-'}"
-                                f"{'' if entry.enabled else ', disabled'}: binfmtd found it registered as "
-                                "desired and never took it over, so changing it is that tool's right; "
-                                f"`binfmtd apply --force {name.removeprefix('qemu-')}` takes it over")
+        judge_entry(drift, watch, name, kernel.get(name))
     return drift
+
+
+def judge_entry(drift: Drift, watch: Watch, name: str, text: str | None) -> None:
+    """One entry the watch keeps (or knows as another tool's) against its text in the kernel
+    (None: gone), adding to `drift` what differs."""
+    if text is None:
+        drift.changes.append(f"{name} was removed" + (" (it was another tool's)" if name in watch.held else ""))
+        drift.repair = True
+        return
+    if name in watch.held or watch.verified.get(name) == text:
+        return  # someone else's entry (what it contains is theirs to decide), or as desired
+    entry, want = parse_entry(name, text), watch.entries[name]
+    if entry.enabled and entry.same_registration(want):
+        watch.verified[name] = text
+        return
+    drift.changes.append(f"{name} was {'disabled' if entry.same_registration(want) else 'changed'}")
+    if name in watch.owned:
+        # binfmtd registered it (its state records this very entry), and someone changed it:
+        # drift like any other, although the entry no longer matches the state's record
+        drift.repair = True
+        drift.reclaim.add(name)
+    else:
+        drift.left[name] = (f"another tool's entry, now {entry.interpreter}, flags {entry.flags or '-'}"
+                            f"{'' if entry.enabled else ', disabled'}: binfmtd found it registered as "
+                            "desired and never took it over, so changing it is that tool's right; "
+                            f"`binfmtd apply --force {name.removeprefix('qemu-')}` takes it over")
 
 
 def table_problems(table: Table, path: str) -> set[tuple[int, str]]:

@@ -62,6 +62,7 @@ class Daemon:
         self.metrics_written = 0.0  # monotonic time of the last textfile write
         self.status = ""
         self.ready = False  # STATUS= goes out with READY=1 first
+        self.next_tick = 0.0  # monotonic time of the next tick
 
     def interpreter_dirs(self) -> tuple[str, ...]:
         return tuple(self.settings.interpreter_dirs or DEFAULT_INTERPRETER_DIRS)
@@ -91,7 +92,14 @@ class Daemon:
         table = read_table(self.path, self.interpreter_dirs(), dir_stamps)
         self.watch = watch_from_report(report, self._state(), table.status)
         self.watch.emulators = table.emulators
-        elapsed = (time.monotonic() - started) * 1000
+        self._log_changes(why, report, removed, (time.monotonic() - started) * 1000)
+        self.apply_problems = self._problems_of(report)
+        self._report(self.apply_problems | table_problems(table, self.path))
+        self._keep(report)
+        return None
+
+    def _log_changes(self, why: str, report: commands.ChangeReport, removed: int, elapsed_ms: float) -> None:
+        """One line per entry the apply changed, then one for the apply (none for a quiet start)."""
         changed = [r for r in report.results if r["action"] not in ("unchanged", "skipped")]
         for r in changed:
             self.log(NOTICE, f"{r['name']} {r['action']} ({r['reason']})")
@@ -99,10 +107,14 @@ class Daemon:
             if why == "repair":
                 self.repairs += 1
             count = removed + len(changed)
-            self.log(NOTICE, f"{why}: {count} entr{'y' if count == 1 else 'ies'} changed in {elapsed:.0f} ms"
-                             if count else f"{why}: mounted binfmt_misc on {self.path} in {elapsed:.0f} ms")
+            self.log(NOTICE, f"{why}: {count} entr{'y' if count == 1 else 'ies'} changed in {elapsed_ms:.0f} ms"
+                             if count else f"{why}: mounted binfmt_misc on {self.path} in {elapsed_ms:.0f} ms")
         elif why != "start":
             self.log(INFO, f"{why}: nothing to change")
+
+    def _problems_of(self, report: commands.ChangeReport) -> set[tuple[int, str]]:
+        """What the apply (and the removal before it, and the textfile after it) found wrong or
+        left alone, logged once while it holds."""
         failing = {e["target"] for e in report.errors}
         problems = {(WARNING, w) for w in report.warnings} | {(ERR, e["message"]) for e in report.errors}
         # what binfmtd leaves and why, once while it holds: native targets, no QEMU, others' entries
@@ -113,8 +125,10 @@ class Daemon:
         textfile = self.settings.daemon_textfile
         if textfile:
             problems |= self._write_metrics(textfile)
-        self.apply_problems = problems
-        self._report(problems | table_problems(table, self.path))
+        return problems
+
+    def _keep(self, report: commands.ChangeReport) -> None:
+        """After an apply: the retry schedule while something fails, and systemd's STATUS=."""
         kept = [r["name"] for r in report.results if r["action"] in ("registered", "replaced", "unchanged")]
         if report.errors or self.dropped:
             self._schedule_retry()
@@ -124,7 +138,6 @@ class Daemon:
             self.retry_delay, self.retry_at = 0.0, None
             self._set_status(f"keeping {len(kept)} entries ({', '.join(kept) or 'none'})"
                              + (f"; {self.repairs} drifts repaired" if self.repairs else ""))
-        return None
 
     def _state(self) -> State:
         """binfmtd's record of what it registered (just saved by the apply under the lock)."""
@@ -220,9 +233,7 @@ class Daemon:
         self.log(NOTICE, "drift: " + "; ".join(drift.changes))
         for name, why in drift.left.items():
             self.log(NOTICE, f"{name} left as it is: {why}")
-            del self.watch.entries[name]  # from now on another tool's: binfmtd registers it once it is gone
-            self.watch.verified.pop(name, None)
-            self.watch.held.add(name)
+            self.watch.hold(name)
         code = None
         if drift.repair:
             code = self.apply("repair", drift.reclaim)
@@ -250,27 +261,39 @@ class Daemon:
         self.mark_ready()
         self.notify("READY=1", f"STATUS={self.status}")
         self.log(INFO, f"ready: {self.status}")
-        next_tick = time.monotonic() + self.settings.daemon_interval
+        self.next_tick = time.monotonic() + self.settings.daemon_interval
         next_ping = time.monotonic() if self.watchdog else None
         while True:
             if next_ping is not None and time.monotonic() >= next_ping:
                 self.notify("WATCHDOG=1")
                 next_ping = time.monotonic() + self.watchdog
-            due = min(t for t in (next_tick, next_ping, self.retry_at) if t is not None)
-            for signum in signals.wait(due - time.monotonic()):
-                if signum in (signal.SIGTERM, signal.SIGINT):
-                    self.log(INFO, f"stopping on {signal.Signals(signum).name}")
-                    return EXIT_OK
-                if signum == signal.SIGHUP:
-                    if (code := self.reload(config_file)) is not None:
-                        return code
-                    next_tick = time.monotonic() + self.settings.daemon_interval
-            now = time.monotonic()
-            if now >= next_tick:
-                next_tick = now + self.settings.daemon_interval
-                if (code := self.tick()) is not None:
+            due = min(t for t in (self.next_tick, next_ping, self.retry_at) if t is not None)
+            code = self._on_signals(signals.wait(due - time.monotonic()), config_file)
+            if code is None:
+                code = self._due_work()
+            if code is not None:
+                return code
+
+    def _on_signals(self, signums: list[int], config_file: str | None) -> int | None:
+        """SIGTERM/SIGINT stop the loop, SIGHUP reloads; the exit code if the loop is to end."""
+        for signum in signums:
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                self.log(INFO, f"stopping on {signal.Signals(signum).name}")
+                return EXIT_OK
+            if signum == signal.SIGHUP:
+                if (code := self.reload(config_file)) is not None:
                     return code
-            if self.retry_at is not None and now >= self.retry_at:
-                self.retry_at = None
-                if (code := self.apply("retry")) is not None:
-                    return code
+                self.next_tick = time.monotonic() + self.settings.daemon_interval
+        return None
+
+    def _due_work(self) -> int | None:
+        """The tick and the retry whose time has come; the exit code if the loop is to end."""
+        now = time.monotonic()
+        if now >= self.next_tick:
+            self.next_tick = now + self.settings.daemon_interval
+            if (code := self.tick()) is not None:
+                return code
+        if self.retry_at is not None and now >= self.retry_at:
+            self.retry_at = None
+            return self.apply("retry")
+        return None
