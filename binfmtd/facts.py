@@ -13,6 +13,9 @@ from binfmtd.targets import TARGETS, Target, family_of_machine
 
 DEFAULT_BINFMT_MISC = "/proc/sys/fs/binfmt_misc"
 INIT_USER_NS_INODE = 0xEFFFFFFD  # PROC_USER_INIT_INO: the initial user namespace's inode
+MOUNTINFO = "/proc/self/mountinfo"
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
+CONTROL_FILES = ("register", "status")  # binfmt_misc's own files; every other name is an entry
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,7 @@ class BinfmtMisc:
 
 def read_binfmt_misc(path: str = DEFAULT_BINFMT_MISC, trigger_automount: bool = True) -> BinfmtMisc:
     supported = parse_filesystems(read_text("/proc/filesystems"))
-    mount_type = parse_mount_type(read_text("/proc/self/mountinfo"), path)
+    mount_type = parse_mount_type(read_text(MOUNTINFO), path)
     if mount_type == "autofs" and trigger_automount:
         # An automount (Amazon Linux 2023, systemd's proc-sys-fs-binfmt_misc.automount) mounts on
         # first access; look inside and read mountinfo again to see what is really there.
@@ -88,30 +91,61 @@ def read_binfmt_misc(path: str = DEFAULT_BINFMT_MISC, trigger_automount: bool = 
             os.listdir(path)
         except OSError:
             pass
-        mount_type = parse_mount_type(read_text("/proc/self/mountinfo"), path)
-    # mountinfo can list a binfmt_misc mount that a later /proc mount hides (a fresh container's
-    # or namespace's /proc): the register file must be there too.
-    mounted = mount_type == "binfmt_misc" and os.path.exists(os.path.join(path, "register"))
-    enabled = mounted and read_text(os.path.join(path, "status")).strip() == "enabled"
+        mount_type = parse_mount_type(read_text(MOUNTINFO), path)
+    table = read_table(path, mount_type)
     nested = in_child_user_namespace()
     # In the initial user namespace the table is the host's by definition: no subprocess at boot.
-    private = mounted and nested and shows_own_instance(path)
-    return BinfmtMisc(path, supported, mounted, mount_type, enabled,
-                      read_entries(path) if mounted else (), private=private, nested=nested)
+    private = table.mounted and nested and shows_own_instance(path)
+    return BinfmtMisc(path, supported, table.mounted, mount_type, table.status == "enabled",
+                      tuple(parse_entry(name, text) for name, text in table.entries), private=private, nested=nested)
 
 
-def read_entries(path: str = DEFAULT_BINFMT_MISC) -> tuple[Entry, ...]:
-    entries = (read_entry(path, name) for name in sorted(os.listdir(path)) if name not in ("register", "status"))
-    return tuple(entry for entry in entries if entry is not None)
+@dataclass(frozen=True)
+class Table:
+    """What the kernel shows at a binfmt_misc path, unparsed: read_binfmt_misc parses it, and the
+    daemon's idle tick compares the texts as they are (one string comparison per entry)."""
+
+    mounted: bool
+    status: str = ""  # "enabled" / "disabled"
+    entries: tuple[tuple[str, str], ...] = ()  # (name, entry file text), by name
+
+
+def read_table(path: str = DEFAULT_BINFMT_MISC, mount_type: str | None = None) -> Table:
+    """The one reader of the table: mounted?, its status and each entry's text. `mount_type` is
+    what mountinfo shows at `path`, if the caller has read it already."""
+    if mount_type is None:
+        mount_type = parse_mount_type(read_text(MOUNTINFO), path)
+    # mountinfo can list a binfmt_misc mount that a later /proc mount hides (a fresh container's
+    # or namespace's /proc): the register file must be there too.
+    if mount_type != "binfmt_misc" or not os.path.exists(os.path.join(path, "register")):
+        return Table(False)
+    try:
+        names = sorted(os.listdir(path))
+    except OSError:  # unmounted in the meantime
+        return Table(False)
+    texts = ((name, read_entry_text(path, name)) for name in names if name not in CONTROL_FILES)
+    return Table(True, read_text(os.path.join(path, "status")).strip(),
+                 tuple((name, text) for name, text in texts if text is not None))
+
+
+def read_entry_text(path: str, name: str) -> str | None:
+    """One entry's file as the kernel shows it, or None when there is none of that name."""
+    try:
+        with open(os.path.join(path, name)) as f:
+            return f.read()
+    except OSError:  # not there, or removed between listdir and open
+        return None
 
 
 def read_entry(path: str, name: str) -> Entry | None:
     """One entry as the kernel shows it, or None when there is none of that name."""
-    try:
-        with open(os.path.join(path, name)) as f:
-            return parse_entry(name, f.read())
-    except OSError:  # not there, or removed between listdir and open
-        return None
+    text = read_entry_text(path, name)
+    return None if text is None else parse_entry(name, text)
+
+
+def read_boot_id() -> str:
+    """This boot's id ("" if unreadable): what is measured once per boot is stored under it."""
+    return read_text(BOOT_ID).strip()
 
 
 def in_child_user_namespace() -> bool:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 
-from binfmtd.facts import DEFAULT_BINFMT_MISC, native_targets, read_kernel, read_text
+from binfmtd.facts import DEFAULT_BINFMT_MISC, native_targets, read_boot_id, read_kernel
 from binfmtd.state import NATIVE_FILE, read_record, write_record
 from binfmtd.targets import lookup
 
@@ -49,7 +49,7 @@ def probe_native(candidates: tuple[str, ...], timeout: float = 20.0) -> tuple[st
 
 def read_native(state_dir: str | None, remember: bool) -> tuple[tuple[str, ...], str]:
     """The native targets and how they were found; measured once per boot when the kernel allows."""
-    boot_id = read_text("/proc/sys/kernel/random/boot_id").strip()
+    boot_id = read_boot_id()
     machine = os.uname().machine
     # Only the CPU family's own targets can be native (QEMU's assumption, kept); the probe tells
     # which of them really are.

@@ -13,6 +13,7 @@ import shlex
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -601,6 +602,28 @@ def test_drift_is_the_kernel_against_the_desired_state_in_an_operators_words():
     without_mips = Table(True, "enabled", as_desired.entries[:-1])
     assert find_drift(without_mips, watch, BINFMT_MISC).changes == ["qemu-mips was removed (it was another tool's)"]
     assert find_drift(Table(False), watch, BINFMT_MISC).changes == [f"binfmt_misc was unmounted from {BINFMT_MISC}"]
+
+
+def test_the_tick_and_status_read_the_table_through_one_reader(ns):
+    """The daemon's tick compares raw entry texts; facts parses the very same read: both see the
+    same entries (a disabled one and another tool's included), the status, and an unmount."""
+    show = shlex.quote(
+        "import json, sys; from binfmtd import facts; from binfmtd.daemon import read_table; "
+        f"tick, facts_ = read_table({BINFMT_MISC!r}), facts.read_binfmt_misc({BINFMT_MISC!r}); "
+        "print(json.dumps({'tick': [tick.mounted, tick.status, [[n, t] for n, t in tick.entries]], "
+        "'facts': [facts_.mounted, facts_.enabled, [[e.name, e.register_line(), e.enabled] for e in facts_.entries]]}))")
+    python = f"{shlex.quote(sys.executable)} -c {show}"
+    registered, unmounted = ns.run(
+        f"{BINFMTD} apply {FIRST} {SECOND} >/dev/null && echo ':jar:E::jar::/bin/true:' > {BINFMT_MISC}/register "
+        f"&& echo 0 > {BINFMT_MISC}/qemu-{SECOND} && echo 0 > {BINFMT_MISC}/status && {python}",
+        f"umount {BINFMT_MISC} && {python}")
+    assert registered.rc == 0, registered.err
+    tick, parsed = registered.json()["tick"], registered.json()["facts"]
+    assert tick[:2] == [True, "disabled"] and parsed[:2] == [True, False]
+    assert [name for name, _ in tick[2]] == ["jar", f"qemu-{FIRST}", f"qemu-{SECOND}"]
+    assert [[e.name, e.register_line(), e.enabled] for e in (parse_entry(n, t) for n, t in tick[2])] == parsed[2]
+    assert [enabled for *_, enabled in parsed[2]] == [True, True, False]
+    assert unmounted.json() == {"tick": [False, "", []], "facts": [False, False, []]}
 
 
 def test_desired_state_comes_from_the_apply_and_the_state_not_from_the_table():
