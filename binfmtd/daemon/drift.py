@@ -71,12 +71,13 @@ class Watch:
 def watch_from_report(report: commands.ChangeReport, state: State, status: str) -> Watch:
     """The desired state an apply established. A target with no interpreter (native, no QEMU)
     has nothing to keep; a failing one is retried on its own schedule; a target skipped with
-    an interpreter is one whose name another tool's entry holds (plan_apply)."""
+    an interpreter is one whose name another tool's entry holds (plan_apply); a removed one
+    (its emulator vanished) is no longer wanted."""
     failing = {e["target"] for e in report.errors}
     watch = Watch(status=status)
     for result in report.results:
         name = result["name"]
-        if result["target"] in failing or result["interpreter"] is None:
+        if result["target"] in failing or result["interpreter"] is None or result["action"] == "removed":
             continue
         if result["action"] == "skipped":
             watch.held.add(name)
