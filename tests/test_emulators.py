@@ -276,7 +276,7 @@ def test_daemon_registers_an_emulator_that_appears_after_its_removal(ns, emulato
     assert step.out == "", text
     assert "qemu-aarch64 removed (emulator" in text and "qemu-aarch64 registered (not registered)" in text
     # its own removal is not drift to repair afterwards
-    assert "drift: qemu-aarch64 was removed" not in text.split("qemu-aarch64 removed (emulator")[1].split(
+    assert "qemu-aarch64 was removed" not in text.split("qemu-aarch64 removed (emulator")[1].split(
         "qemu-aarch64 registered")[0], text
 
 
