@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
 
 from binfmtd import facts
 from binfmtd.config import Config, load_config
@@ -15,6 +14,7 @@ from binfmtd.errors import BinfmtdError, HostUnsupported, UsageError
 from binfmtd.interpreters import DEFAULT_INTERPRETER_DIRS, Interpreter, add_versions, read_interpreter, safety_problem
 from binfmtd.native import read_native
 from binfmtd.plan import Desired, Plan, plan_apply, plan_remove
+from binfmtd.records import dataclass, field
 from binfmtd.state import State, load_state, locked, reconcile, state_dir_from_env
 from binfmtd.targets import TARGETS, Target, lookup
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
 
 from binfmtd.errors import UsageError
+from binfmtd.records import dataclass
 
 DEFAULT_CONFIG = "/etc/binfmtd/binfmtd.toml"
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few lines; more is a wrong path (a log, a device), not a config

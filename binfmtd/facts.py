@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass, field
 
 from binfmtd.entry import Entry, parse_entry
+from binfmtd.records import dataclass, field
 from binfmtd.targets import TARGETS, Target, family_of_machine
 
 DEFAULT_BINFMT_MISC = "/proc/sys/fs/binfmt_misc"

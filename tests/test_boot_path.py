@@ -8,6 +8,10 @@ import sys
 
 import pytest
 
+from binfmtd.entry import Entry
+from binfmtd.records import FrozenInstanceError, replace
+from binfmtd.state import State
+
 # Python runs with -S: site (and a venv's editable-install finder) imports nothing beforehand, so
 # the list is what binfmtd itself pulls in, as on a host with binfmtd installed system-wide.
 RECORD = """import sys
@@ -25,20 +29,18 @@ finally:
 APPLY_ALLOWED = {
     # the interpreter's own start-up under -S, and the basics every module uses
     "encodings", "genericpath", "os", "posixpath", "stat", "errno", "importlib", "types", "warnings",
-    # state and lock: JSON records, flock, QEMU's ELF banner
-    "json", "fcntl", "struct", "contextlib",
-    # the records are dataclasses, which bring inspect and re with them: the next saving (see
-    # scripts/bench); nothing else on the boot path needs them
-    "dataclasses", "inspect", "ast", "dis", "opcode", "tokenize", "token", "linecache", "keyword", "copy",
-    "copyreg", "re", "enum", "functools", "collections", "itertools", "operator", "reprlib", "weakref",
+    # state and lock: JSON records (json brings re and enum), flock, QEMU's ELF banner
+    "json", "re", "enum", "functools", "collections", "itertools", "operator", "reprlib", "keyword", "copyreg",
+    "fcntl", "struct", "contextlib",
     # subprocess: the native probe (once a boot, then cached) and, in a child user namespace only,
     # the private-table check
     "subprocess", "signal", "threading", "select", "selectors", "locale", "math",
     # tempfile: the native probe's files (once a boot)
-    "tempfile", "shutil", "fnmatch", "random", "bisect", "zlib", "bz2", "lzma", "atexit",
+    "tempfile", "shutil", "fnmatch", "random", "bisect", "zlib", "bz2", "lzma", "atexit", "weakref",
 }
-NEVER = {"typer", "click", "pydantic", "rich", "tomllib", "typing", "pathlib", "concurrent", "ctypes", "pwd", "grp",
-         "datetime", "urllib", "ipaddress", "argparse", "logging"}
+# dataclasses: its import (inspect, ast, dis, tokenize) cost ~8 ms a boot; records.py stands in
+NEVER = {"dataclasses", "inspect", "typer", "click", "pydantic", "rich", "tomllib", "typing", "pathlib", "concurrent",
+         "ctypes", "pwd", "grp", "datetime", "urllib", "ipaddress", "argparse", "logging"}
 
 
 def imported(ns, tmp_path, *argvs: str) -> list[tuple[object, set[str]]]:
@@ -84,3 +86,21 @@ def test_a_comment_shortcut_never_accepts_what_toml_refuses(ns, tmp_path, text):
     bad.write_bytes(text.encode())
     step = ns.one(f"{sys.executable} -m binfmtd apply --check --config {bad} aarch64")
     assert step.rc == 2 and "invalid TOML" in step.err
+
+
+def test_records_behave_as_the_dataclasses_they_replace():
+    entry = Entry("qemu-x", "/usr/bin/qemu-x", flags="F", magic=b"\x7f")
+    assert entry == Entry("qemu-x", "/usr/bin/qemu-x", "F", 0, b"\x7f") and hash(entry) == hash(replace(entry))
+    assert replace(entry, enabled=False) != entry and replace(entry, enabled=False).flags == "F"
+    assert repr(entry).startswith("Entry(name='qemu-x', interpreter='/usr/bin/qemu-x', flags='F'")
+    with pytest.raises(FrozenInstanceError):
+        entry.flags = "P"
+    with pytest.raises(TypeError, match="missing required argument: 'interpreter'"):
+        Entry("qemu-x")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'flag'"):
+        Entry("qemu-x", "/q", flag="F")
+    one, two = State(), State()
+    one.entries["x"] = None
+    assert two.entries == {} and one != two  # a fresh default per record, compared by value
+    with pytest.raises(TypeError):
+        hash(one)  # mutable records have no hash, as with dataclasses
