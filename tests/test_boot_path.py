@@ -7,6 +7,7 @@ scripts/bench, not here."""
 import sys
 
 import pytest
+from conftest import BINFMTD
 
 from binfmtd.entry import Entry
 from binfmtd.records import FrozenInstanceError, replace
@@ -64,6 +65,36 @@ def test_apply_imports_only_the_boot_paths_modules(ns, tmp_path):
     for mods in (fresh_mods, noop_mods, check_mods):
         assert mods - APPLY_ALLOWED == set(), "new imports on the boot path; make them lazy or allow them here"
         assert not mods & NEVER
+
+
+def test_json_queries_take_the_boot_path_and_import_only_its_modules(ns, tmp_path):
+    """status/check/targets --json: what Ansible, the metrics textfile and scripts call over and over."""
+    queries = ("status --json", "status --format json", "check --json aarch64", "targets --json")
+    setup, *steps = imported(ns, tmp_path, "apply aarch64", *queries)
+    assert setup[0].rc == 0
+    for step, mods in steps:
+        assert step.rc == 0 and step.json(), (step.command, step.err)
+        assert mods - APPLY_ALLOWED == set(), f"{step.command}: new imports; make them lazy or allow them here"
+        assert not mods & NEVER, step.command
+
+
+def test_json_queries_print_the_same_on_both_paths(ns, tmp_path):
+    """The boot path's spellings against ones only the full (typer) CLI takes: the same output,
+    warnings and exit code; a failing check included (a target without its emulator)."""
+    config = tmp_path / "c.toml"
+    config.write_text(f'interpreter_dirs = ["{tmp_path}"]\n')
+    pairs = [("status --json", "status --format=json"),
+             ("check --json aarch64", "check --json aarch64 --"),
+             (f"check --json --config {config} riscv64", f"check --json --config={config} riscv64"),
+             ("targets --json", "targets --json --")]
+    commands = [f"{BINFMTD} apply aarch64"] + [f"{BINFMTD} {c}" for pair in pairs for c in pair] + [
+        f"{sys.executable} -X importtime -m binfmtd {pairs[0][0]}", f"{sys.executable} -X importtime -m binfmtd {pairs[0][1]}"]
+    setup, *steps, lean, full = ns.run(*commands)
+    assert setup.rc == 0
+    for boot, typer_path in zip(steps[::2], steps[1::2]):
+        assert (boot.rc, boot.json(), boot.err) == (typer_path.rc, typer_path.json(), typer_path.err), boot.command
+    assert steps[4].rc == 1 and not steps[4].json()["ok"]  # the failing check fails alike on both
+    assert " typer" not in lean.err and " typer" in full.err
 
 
 def test_a_config_of_comments_only_needs_no_toml_parser(ns, tmp_path):
