@@ -1,14 +1,18 @@
-"""Entry point of the `binfmtd` command: the boot path for plain `apply`, else the full CLI."""
+"""Entry point of the `binfmtd` command: the boot path for plain `apply`, `daemon` and the JSON
+queries, else the full CLI."""
 
 import sys
 
 
 def main() -> None:
-    from binfmtd.boot import parse_apply, parse_daemon, run_apply
+    from binfmtd.boot import parse_apply, parse_daemon, parse_query, run_apply, run_query
 
     options = parse_apply(sys.argv[1:])
     if options is not None:
         sys.exit(run_apply(options))
+    options = parse_query(sys.argv[1:])
+    if options is not None:
+        sys.exit(run_query(options))
     options = parse_daemon(sys.argv[1:])
     if options is not None:
         from binfmtd.daemon import run_daemon

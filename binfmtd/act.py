@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import errno
 import os
-from dataclasses import dataclass, field
 
 from binfmtd.entry import Entry, parse_register_line
 from binfmtd.errors import BinfmtdError, HostUnsupported
 from binfmtd.facts import Kernel, read_entry
 from binfmtd.plan import REGISTERED, REMOVED, REPLACED, Action, Plan
+from binfmtd.records import dataclass, field
 from binfmtd.state import Intent, Owned, State, reconcile, save_state
 
 MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8

@@ -1,8 +1,10 @@
-"""The boot path: `binfmtd apply ...` and `binfmtd daemon` as systemd and Ansible run them,
-without importing typer, whose import (click, pydantic) costs several times the whole apply and
-doubles the daemon's memory. Only the plain spellings of their options are taken here; anything
-else (--help, --flags=X, unknown options) returns None and goes to the full CLI, so both paths
-call the same function and print the same output."""
+"""The boot path: `binfmtd apply ...` and `binfmtd daemon` as systemd and Ansible run them, and
+the JSON queries that Ansible, the metrics textfile and scripts call over and over (`status
+--json`, `check --json`, `targets --json`), without importing typer, whose import (click,
+pydantic) costs several times the whole apply and doubles the daemon's memory. Only the plain
+spellings of their options are taken here; anything else (--help, --flags=X, unknown options)
+returns None and goes to the full CLI, so both paths call the same function and print the same
+output."""
 
 from __future__ import annotations
 
@@ -45,3 +47,52 @@ def run_apply(options: dict) -> int:
     as_json = options.pop("as_json")
     names = options.pop("names")
     return finish_change(lambda: commands.apply(names, **options), as_json, options["check"])
+
+
+def parse_query(argv: list[str]) -> dict | None:
+    """`status --json` (or `--format json`), `check --json [--config FILE] [TARGET]...` and
+    `targets --json`; their text forms go to the full CLI, which renders them."""
+    if not argv or argv[0] not in ("status", "check", "targets"):
+        return None
+    command, args = argv[0], iter(argv[1:])
+    options: dict = {"command": command, "names": [], "config_file": None}
+    as_json = False
+    for arg in args:
+        if arg == "--json" or (command == "status" and arg == "--format" and next(args, None) == "json"):
+            as_json = True
+        elif command == "check" and arg == "--config" and (value := next(args, None)) is not None:
+            options["config_file"] = value
+        elif command == "check" and not arg.startswith("-"):
+            options["names"].append(arg)
+        else:
+            return None
+    return options if as_json else None
+
+
+def produce_status() -> dict:
+    """commands.status() with its warnings said (stderr, and --json's `warnings`)."""
+    from binfmtd import commands
+    from binfmtd.output import say
+
+    result = commands.status()
+    for warning in result["warnings"]:
+        say("warning", warning)
+    return result
+
+
+def check_exit_code(result: dict) -> int:
+    from binfmtd.errors import EXIT_FAILED, EXIT_OK
+
+    return EXIT_OK if result["ok"] else EXIT_FAILED
+
+
+def run_query(options: dict) -> int:
+    from binfmtd import commands
+    from binfmtd.output import finish
+
+    if options["command"] == "status":
+        return finish(produce_status, True, None)
+    if options["command"] == "check":
+        return finish(lambda: commands.check(tuple(options["names"]), options["config_file"]), True, None,
+                      check_exit_code)
+    return finish(lambda: {"targets": commands.list_targets()}, True, None)

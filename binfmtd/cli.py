@@ -12,6 +12,7 @@ import typer
 import typer.core
 
 from binfmtd import __version__, commands
+from binfmtd.boot import check_exit_code, produce_status
 from binfmtd.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, BinfmtdError
 from binfmtd.output import fail, finish, finish_change, say, table, wants_json
 
@@ -119,12 +120,7 @@ def status(as_json: bool = JsonOpt,
                     say("warning", f"{e['name']}: {e['emulator']['note']}")
         else:
             print("no entries registered")
-    def produce() -> dict:
-        result = commands.status()
-        for warning in result["warnings"]:
-            say("warning", warning)
-        return result
-    _exit(finish(produce, as_json, render))
+    _exit(finish(produce_status, as_json, render))
 
 
 def _shown_version(entry: dict) -> str:
@@ -170,8 +166,7 @@ def check_cmd(targets: Optional[List[str]] = TargetsArg, as_json: bool = JsonOpt
         for c in result["checks"]:
             print(f"{'ok' if c['ok'] else 'FAIL':4}  {c['name']}: {c['detail']}"
                   + (f"\n      fix: {c['fix']}" if c["fix"] else ""))
-    _exit(finish(lambda: commands.check(targets or (), config), as_json, render,
-                 lambda result: EXIT_OK if result["ok"] else EXIT_FAILED))
+    _exit(finish(lambda: commands.check(targets or (), config), as_json, render, check_exit_code))
 
 
 @app.command("targets")

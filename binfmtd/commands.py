@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
 
 from binfmtd import facts
 from binfmtd.config import Config, load_config
@@ -16,6 +15,7 @@ from binfmtd.image import registered_by_image
 from binfmtd.interpreters import DEFAULT_INTERPRETER_DIRS, Interpreter, add_versions, read_interpreter, safety_problem
 from binfmtd.native import read_native
 from binfmtd.plan import Desired, Plan, plan_apply, plan_remove
+from binfmtd.records import dataclass, field
 from binfmtd.state import State, load_state, locked, reconcile, state_dir_from_env
 from binfmtd.targets import TARGETS, Target, lookup
 

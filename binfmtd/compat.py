@@ -22,10 +22,11 @@ import os
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from binfmtd import __version__
 from binfmtd.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, BinfmtdError, HostUnsupported, UsageError
+from binfmtd.records import replace  # Config is a boot-path record (binfmtd.records), not a dataclass
 from binfmtd.targets import TARGETS, Target, lookup
 
 DEFAULT_MOUNT = "/proc/sys/fs/binfmt_misc"

@@ -4,11 +4,10 @@ look like. Every error names the file, the line, the key and what is allowed."""
 from __future__ import annotations
 
 import os
-import re
 import stat
-from dataclasses import dataclass
 
 from binfmtd.errors import UsageError
+from binfmtd.records import dataclass
 
 DEFAULT_CONFIG = "/etc/binfmtd/binfmtd.toml"
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few lines; more is a wrong path (a log, a device), not a config
@@ -114,6 +113,8 @@ def _kind(mode: int) -> str:
 
 
 def parse_config(text: str, path: str = "<config>") -> Config:
+    if _blank_or_comments(text):
+        return Config(path)
     import tomllib
 
     try:
@@ -143,6 +144,17 @@ def parse_config(text: str, path: str = "<config>") -> Config:
     return Config(path, **values)
 
 
+def _blank_or_comments(text: str) -> bool:
+    """Whether TOML text holds only blank lines and valid comments, as the shipped config does:
+    it sets nothing, and tomllib (about 5 ms of imports) stays off the boot path. Anything else,
+    a stray control character included, goes to tomllib to be parsed or refused."""
+    for line in text.split("\n"):
+        line = line.removesuffix("\r").lstrip(" \t")
+        if (line and not line.startswith("#")) or any(c < " " and c != "\t" or c == "\x7f" for c in line):
+            return False
+    return True
+
+
 def _items(data: dict):
     for key, value in data.items():
         if key in TABLES and isinstance(value, dict):
@@ -154,6 +166,8 @@ def _items(data: dict):
 
 def _line_of(text: str, table: str, key: str) -> int:
     """The line a key is on, within its [table] when it has one (for error messages)."""
+    import re  # only for an error message
+
     current = ""
     for number, line in enumerate(text.splitlines(), 1):
         header = re.match(r"\s*\[\s*([A-Za-z0-9_.-]+)\s*\]", line)

@@ -5,7 +5,7 @@ Pure functions only; reading and writing the files is act.py's and facts.py's jo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from binfmtd.records import dataclass
 
 FLAG_ORDER = "POCF"  # the order the kernel prints them in
 RESERVED_NAMES = ("", ".", "..", "register", "status")

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import functools
 import os
-import re
-from dataclasses import dataclass, field
 
 from binfmtd.entry import Entry, parse_entry
+from binfmtd.records import dataclass, field
 from binfmtd.targets import TARGETS, Target, family_of_machine
 
 DEFAULT_BINFMT_MISC = "/proc/sys/fs/binfmt_misc"
@@ -41,9 +40,11 @@ class Kernel:
 
 
 def parse_kernel_release(release: str) -> Kernel:
-    match = re.match(r"(\d+)\.(\d+)", release)
-    version = (int(match.group(1)), int(match.group(2))) if match else (0, 0)
-    return Kernel(release, version)
+    # Plain string work, not re: this runs at every boot and re costs the boot path its import.
+    major, dot, rest = release.partition(".")
+    minor = rest[:len(rest) - len(rest.lstrip("0123456789"))]
+    ok = dot and minor and major.isascii() and major.isdigit()
+    return Kernel(release, (int(major), int(minor)) if ok else (0, 0))
 
 
 def parse_filesystems(text: str) -> bool:
@@ -63,6 +64,10 @@ def parse_mount_type(mountinfo: str, path: str) -> str | None:
 
 
 def _unescape_mount(text: str) -> str:
+    if "\\" not in text:  # the usual case, at boot: no need to import re
+        return text
+    import re
+
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)
 
 
@@ -156,8 +161,8 @@ def in_child_user_namespace() -> bool:
         link = os.readlink("/proc/self/ns/user")
     except OSError:
         return False
-    match = re.search(r"\[(\d+)\]", link)
-    return bool(match) and int(match.group(1)) != INIT_USER_NS_INODE
+    inode = link.partition("[")[2].partition("]")[0]  # "user:[4026531837]"
+    return inode.isascii() and inode.isdigit() and int(inode) != INIT_USER_NS_INODE
 
 
 # Run in a throwaway mount namespace: the device of what is mounted at $1, then of a fresh mount

@@ -8,9 +8,9 @@ from __future__ import annotations
 import os
 import stat
 import struct
-from dataclasses import dataclass, replace
 
 from binfmtd.entry import interpreter_text_problem, printable
+from binfmtd.records import dataclass, replace
 from binfmtd.trust import UntrustedPath, resolve_trusted
 
 # The last one is where binfmtd's container image keeps its emulators (binfmtd/image.py); no host has it.

@@ -17,11 +17,11 @@ import os
 import stat
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 from binfmtd.entry import Entry, parse_register_line
 from binfmtd.errors import BinfmtdError, HostUnsupported
 from binfmtd.image import registered_by_image
+from binfmtd.records import dataclass, field
 from binfmtd.trust import UntrustedPath, resolve_trusted
 
 DEFAULT_STATE_DIR = "/var/lib/binfmtd"

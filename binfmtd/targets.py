@@ -16,7 +16,7 @@ target's QEMU, what its probe (binfmtd.probes) must report.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from binfmtd.records import dataclass
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ every address is a small positive number (one or two instructions to load, even 
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+
+from binfmtd.records import dataclass
 
 MARKER = "binfmtd-probe:"
 
