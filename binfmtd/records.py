@@ -38,6 +38,8 @@ def replace(record, **changes):
 
 def _make(cls, frozen: bool):
     fields: dict[str, _Field] = {}
+    for base in reversed(cls.__mro__[1:]):  # a record's own fields follow those of the record it extends
+        fields.update(base.__dict__.get("__record_fields__", {}))
     for name in cls.__dict__.get("__annotations__", {}):  # noqa: RUF063 (inspect is what this avoids)
         value = cls.__dict__.get(name, _MISSING)
         spec = value if isinstance(value, _Field) else _Field(value)

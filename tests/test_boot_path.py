@@ -135,3 +135,20 @@ def test_records_behave_as_the_dataclasses_they_replace():
     assert two.entries == {} and one != two  # a fresh default per record, compared by value
     with pytest.raises(TypeError):
         hash(one)  # mutable records have no hash, as with dataclasses
+
+
+def test_a_record_extends_another_records_fields():
+    from binfmtd.records import dataclass
+
+    @dataclass(frozen=True)
+    class Base:
+        a: int
+        b: str = ""
+
+    @dataclass(frozen=True)
+    class Extended(Base):
+        c: tuple = ()
+
+    extended = Extended(1, "x", (2,))
+    assert (extended.a, extended.b, extended.c) == (1, "x", (2,)) and Extended(1) == Extended(1, "", ())
+    assert hash(Extended(1)) == hash(Extended(1)) and Extended(1) != Base(1)

@@ -4,11 +4,11 @@ raw texts and compared with the entries the last apply established, not with a s
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 
 from binfmtd import commands, facts
 from binfmtd.daemon.systemd import WARNING
 from binfmtd.entry import Entry, parse_entry
+from binfmtd.records import dataclass, field  # facts.Table, which Table extends, is one
 from binfmtd.state import State
 from binfmtd.targets import lookup
 
