@@ -14,7 +14,7 @@ from binfmtd.errors import BinfmtdError, HostUnsupported, UsageError
 from binfmtd.image import registered_by_image
 from binfmtd.interpreters import DEFAULT_INTERPRETER_DIRS, Interpreter, add_versions, read_interpreter, safety_problem
 from binfmtd.native import read_native
-from binfmtd.plan import Desired, Plan, plan_apply, plan_remove
+from binfmtd.plan import REMOVED, Desired, Plan, plan_apply, plan_remove
 from binfmtd.records import dataclass, field
 from binfmtd.state import State, load_state, locked, reconcile, state_dir_from_env
 from binfmtd.targets import TARGETS, Target, lookup
@@ -91,12 +91,11 @@ def _paths(binfmt_misc: str | None, state_dir: str | None) -> tuple[str, str]:
     return binfmt_misc or facts.DEFAULT_BINFMT_MISC, state_dir or state_dir_from_env()
 
 
-def _require_root_and_kernel(kernel: facts.Kernel) -> None:
+def _require_kernel(kernel: facts.Kernel) -> None:
+    """The kernel binfmtd needs; root is required by the lock (state.open_state_dir)."""
     if not kernel.supports_fix_binary:
         raise HostUnsupported(f"kernel {kernel.release} is older than 4.8 and lacks binfmt_misc's F flag, "
                               "which containers need; upgrade the kernel")
-    if os.geteuid() != 0:
-        raise HostUnsupported("binfmt_misc can only be changed by root; run it as root")
 
 
 def _read_interpreters(targets, native, dirs, host: facts.Host | None = None,
@@ -162,7 +161,7 @@ def apply(names=(), all_targets=False, flags: str | None = None, force=False, ch
         if plan.mount:
             plan.warnings.insert(0, f"binfmt_misc is not mounted on {path}; apply would mount it")
         return _report(plan, True, [(a.target.name, a.error) for a in plan.actions if a.error], names)
-    _require_root_and_kernel(facts.read_kernel())
+    _require_kernel(facts.read_kernel())
     from binfmtd.act import execute, mount_binfmt_misc, recover
 
     with locked(state_dir, lock_timeout):  # facts are read under the lock: a concurrent run may just have acted
@@ -228,14 +227,14 @@ def remove(names=(), all_targets=False, force=False, check=False, config_file: s
     def warn_running(plan: Plan) -> Plan:  # removing an entry does not stop what runs under it
         from binfmtd.processes import running_under
 
-        plan.warnings += running_under([a.old for a in plan.actions if a.action == "removed" and a.old])
+        plan.warnings += running_under([a.old for a in plan.actions if a.action == REMOVED and a.old])
         return plan
 
     if check:
         host = facts.read_host(path)
         return _report(warn_running(plan_remove(present(host), host, settled_state(state_dir, path), force,
                                                 _restore_problem)), True, [], names)
-    _require_root_and_kernel(facts.read_kernel())
+    _require_kernel(facts.read_kernel())
     from binfmtd.act import execute, recover
 
     with locked(state_dir, lock_timeout):

@@ -32,10 +32,6 @@ class Interpreter:
     identity: dict | None = None  # which file it is now (emulator_identity): what an F entry would pin
 
     @property
-    def usable(self) -> bool:
-        return self.path is not None and self.problem is None
-
-    @property
     def shown(self) -> str:
         """The path as found, and where it leads when that is elsewhere."""
         path = printable(self.path or "")
@@ -171,14 +167,6 @@ def parse_elf_is_static(header: bytes, read_at) -> bool:
         if p_type == PT_INTERP:
             return False
     return True
-
-
-def is_static(path: str) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return parse_elf_is_static(f.read(64), _reader(f))
-    except OSError:
-        return False
 
 
 # Every QEMU of the last decade prints this in --version (QEMU_COPYRIGHT) and so carries it in

@@ -120,7 +120,7 @@ def open_state_dir(state_dir: str) -> str:
     """Create the state directory if needed and refuse it unless root alone controls it: a user
     who can write there could forge what root registers, removes or restores."""
     if os.geteuid() != 0:  # only root changes binfmt_misc, and only root may own its records
-        raise HostUnsupported("binfmt_misc can only be changed by root; run binfmtd as root")
+        raise HostUnsupported("binfmt_misc can only be changed by root; run it as root")
     try:
         os.makedirs(state_dir, mode=0o755, exist_ok=True)
     except OSError as exc:
@@ -195,7 +195,7 @@ class State:
         if registered_by_image(entry.interpreter):  # binfmtd's image, run without this state
             return True
         owned = self.entries.get(entry.name)
-        return owned is not None and parse_register_line(owned.line).same_registration(entry)
+        return owned is not None and shows(entry, owned.line)
 
 
 def shows(current: Entry | None, line: str | None) -> bool:

@@ -254,9 +254,6 @@ class Sandbox:
             raise HostUnsupported(f"cannot create the sandbox's namespaces on kernel {kernel.release} "
                                   f"({probe.stderr.strip() or 'timed out'}); use a container engine")
 
-    def platform_of(self, target: Target) -> str | None:
-        return target.platform
-
     def run(self, target: Target, timeout: float) -> ProbeRun:
         root = os.path.join(self.workdir, target.name)
         os.makedirs(root, exist_ok=True)
@@ -293,9 +290,6 @@ class ContainerEngine:
         if info.returncode != 0:
             reason = "did not answer" if info.returncode is None else (info.stderr.strip().splitlines() or ["?"])[-1]
             raise HostUnsupported(f"{self.name} is not answering ({reason}); start its daemon or use --engine sandbox")
-
-    def platform_of(self, target: Target) -> str | None:
-        return target.platform
 
     def run(self, target: Target, timeout: float) -> ProbeRun:
         platform = target.platform

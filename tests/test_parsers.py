@@ -10,7 +10,7 @@ from binfmtd.config import parse_config
 from binfmtd.entry import Entry, normalize_flags, parse_entry, parse_register_line
 from binfmtd.errors import UsageError
 from binfmtd.facts import parse_filesystems, parse_kernel_release, parse_mount_type, target_of_entry
-from binfmtd.interpreters import CHUNK, find_qemu_banner, is_static, parse_elf_section, safety_problem
+from binfmtd.interpreters import CHUNK, find_qemu_banner, judge_interpreter, parse_elf_section, safety_problem
 from binfmtd.trust import UntrustedPath, resolve_trusted
 from binfmtd.targets import BY_NAME
 
@@ -106,8 +106,9 @@ def test_untriggered_automount_is_not_a_mount():
 def test_static_and_dynamic_executables_are_told_apart():
     qemu = "/usr/bin/qemu-aarch64-static"
     if os.path.exists(qemu):
-        assert is_static(qemu)
-    assert not is_static("/bin/ls")  # dynamically linked on every Debian
+        assert judge_interpreter(qemu).static and judge_interpreter(qemu).problem is None
+    ls = judge_interpreter("/bin/ls")  # dynamically linked on every Debian
+    assert not ls.static and "dynamically linked" in ls.problem
 
 
 def test_interpreter_safety(root_only_dir):
