@@ -5,7 +5,7 @@ import sys
 
 
 def main() -> None:
-    from binfmtd.boot import parse_apply, parse_daemon, parse_query, run_apply, run_query
+    from binfmtd.cli.boot import parse_apply, parse_daemon, parse_query, run_apply, run_query
 
     options = parse_apply(sys.argv[1:])
     if options is not None:
@@ -18,7 +18,7 @@ def main() -> None:
         from binfmtd.daemon import run_daemon
 
         sys.exit(run_daemon(options["config_file"]))
-    from binfmtd.cli import main as cli_main
+    from binfmtd.cli.app import main as cli_main
 
     cli_main()
 

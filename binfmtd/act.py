@@ -8,7 +8,7 @@ import os
 
 from binfmtd.entry import Entry, parse_register_line
 from binfmtd.errors import BinfmtdError, HostUnsupported
-from binfmtd.facts import Kernel, read_entry
+from binfmtd.facts.host import Kernel, read_entry
 from binfmtd.plan import REGISTERED, REMOVED, REPLACED, Action, Plan
 from binfmtd.records import dataclass, field
 from binfmtd.state import Intent, Owned, State, reconcile, save_state

@@ -9,7 +9,7 @@ it replaces, chosen by the first argument (`python3 -m binfmtd.compat ARGS`, the
 - anything else: binfmtd's own CLI (`apply`, `status`, `daemon`, ...).
 
 Both foreign languages keep binfmtd's guarantees, which those images lack: a platform is reported
-supported only after a probe ran on it (binfmtd.verify's sandbox), any failure exits non-zero,
+supported only after a probe ran on it (binfmtd.verify.run's sandbox), any failure exits non-zero,
 and an entry another tool registered is never replaced unless the user asked for its removal
 (`--uninstall qemu-*`, `--reset`); where it is kept, the probe says whether it does the job.
 """
@@ -103,14 +103,14 @@ class Run:
 
     mount: str = DEFAULT_MOUNT
     failed: bool = False
-    verified: dict[str, dict] = field(default_factory=dict)  # target -> binfmtd.verify's result
+    verified: dict[str, dict] = field(default_factory=dict)  # target -> binfmtd.verify.run's result
     _native: tuple[str, ...] | None = None
 
     @property
     def native(self) -> tuple[str, ...]:
         """The targets this host runs itself (measured once per run)."""
         if self._native is None:
-            from binfmtd.native import read_native
+            from binfmtd.facts.native import read_native
             from binfmtd.state import state_dir_from_env
 
             self._native = read_native(state_dir_from_env(), remember=False)[0]
@@ -137,14 +137,14 @@ def ensure_mounted(path: str) -> None:
 
 def probe(run: Run, targets: tuple[Target, ...]) -> dict[str, dict]:
     """Run each target's probe in binfmtd's sandbox (a chroot holding the probe alone, so only
-    an entry with a working, kernel-pinned emulator passes); binfmtd.verify's result per target."""
-    from binfmtd import facts
-    from binfmtd.interpreters import DEFAULT_INTERPRETER_DIRS, read_interpreter
-    from binfmtd.verify import Sandbox, diagnose
+    an entry with a working, kernel-pinned emulator passes); binfmtd.verify.run's result per target."""
+    from binfmtd.facts.host import read_binfmt_misc, read_host
+    from binfmtd.facts.interpreters import DEFAULT_INTERPRETER_DIRS, read_interpreter
+    from binfmtd.verify.run import Sandbox, diagnose
 
     targets = tuple(t for t in targets if t.name not in run.verified)
     if targets:
-        host = facts.read_host(run.mount, run.native)
+        host = read_host(run.mount, run.native)
         config = run.config()
         dirs = (config and config.interpreter_dirs) or DEFAULT_INTERPRETER_DIRS
         with tempfile.TemporaryDirectory(prefix="binfmtd-compat-") as workdir:
@@ -205,9 +205,10 @@ def install(run: Run, targets: tuple[Target, ...] | None, flags: str, say, repla
 def remove_entries(run: Run, patterns: list[str], say) -> None:
     """Remove the entries `patterns` name (entry names, globs such as qemu-*, targets, platforms),
     whoever registered them: the user asked for them by name."""
-    from binfmtd import commands, facts
+    from binfmtd import commands
+    from binfmtd.facts.host import read_binfmt_misc, read_host
 
-    present = [e.name for e in facts.read_binfmt_misc(run.mount).entries]
+    present = [e.name for e in read_binfmt_misc(run.mount).entries]
     for pattern in patterns:
         target = lookup(pattern) if not any(c in pattern for c in "*?[") else None
         if target:
@@ -247,9 +248,9 @@ def _unregister(path: str, name: str) -> str:
 def status(run: Run) -> dict:
     """tonistiigi's status: platforms this host runs now (native first, then each emulated one
     whose probe passed) and the names of the enabled entries."""
-    from binfmtd import facts
+    from binfmtd.facts.host import read_binfmt_misc, read_host
 
-    table = facts.read_binfmt_misc(run.mount)
+    table = read_binfmt_misc(run.mount)
     native = set(run.native)
     emulated = tuple(t for t in TARGETS if t.platform and t.name not in native
                      and any(e.enabled and e.claims(t.magic) for e in table.entries))
@@ -330,7 +331,7 @@ def run_tonistiigi(argv: list[str]) -> int:
 
 
 def version_line() -> str:
-    from binfmtd.interpreters import DEFAULT_INTERPRETER_DIRS, find_interpreter, qemu_version
+    from binfmtd.facts.interpreters import DEFAULT_INTERPRETER_DIRS, find_interpreter, qemu_version
 
     emulator = find_interpreter("aarch64", DEFAULT_INTERPRETER_DIRS) or find_interpreter("x86_64")
     return f"binfmt/binfmtd-{__version__} qemu/{(emulator and qemu_version(emulator)) or 'none'}"

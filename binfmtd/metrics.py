@@ -105,7 +105,7 @@ def emulation_metrics(entries: list[dict]) -> list[str]:
     python) are not emulation and are left out."""
     global _LEDGER
     from binfmtd.entry import Entry
-    from binfmtd.processes import CpuLedger, per_target, read_emulated
+    from binfmtd.facts.processes import CpuLedger, per_target, read_emulated
     from binfmtd.targets import BY_NAME
 
     table = [Entry(e["name"], e["interpreter"], e["flags"], e["offset"], bytes.fromhex(e["magic"] or ""),

@@ -4,9 +4,9 @@ run (--check) is the same computation as the real one and always truthful."""
 from __future__ import annotations
 
 from binfmtd.entry import Entry, normalize_flags, parse_register_line
-from binfmtd.facts import Host
+from binfmtd.facts.host import Host
 from binfmtd.image import registered_by_image
-from binfmtd.interpreters import Interpreter, describe_version, same_file
+from binfmtd.facts.interpreters import Interpreter, describe_version, same_file
 from binfmtd.records import dataclass, field, replace
 from binfmtd.state import State
 from binfmtd.targets import Target

@@ -28,7 +28,7 @@ DEFAULT_STATE_DIR = "/var/lib/binfmtd"
 # Every file in the state directory, named here only.
 STATE_FILE = "state.json"  # what binfmtd owns, and the intents of a run in progress
 LOCK_FILE = "lock"  # serializes runs
-NATIVE_FILE = "native.json"  # the native targets measured this boot (binfmtd.native)
+NATIVE_FILE = "native.json"  # the native targets measured this boot (binfmtd.facts.native)
 VERIFY_FILE = "verify.json"  # the last verify's results, for the metrics
 BOOT_FILE = "boot_id"  # the boot the daemon last started in: a restart is not a reboot
 READY_FILE = "daemon.ready"  # rewritten while the daemon keeps the host as configured

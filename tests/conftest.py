@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from binfmtd.facts import read_kernel
+from binfmtd.facts.host import read_kernel
 
 ROOT = Path(__file__).resolve().parent.parent
 FOREIGN = Path(os.environ.get("BINFMTD_TEST_FOREIGN", ROOT / "tests" / ".foreign"))

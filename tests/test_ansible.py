@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from binfmtd.config import parse_config
-from binfmtd.facts import native_targets
+from binfmtd.facts.host import native_targets
 from binfmtd.targets import BY_NAME
 
 from conftest import BINFMT_MISC, ROOT, entry_file, need, qemu

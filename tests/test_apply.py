@@ -9,7 +9,7 @@ import sys
 
 
 from binfmtd.entry import parse_entry
-from binfmtd.facts import native_targets
+from binfmtd.facts.host import native_targets
 from binfmtd.targets import BY_NAME, TARGETS
 
 from conftest import BINFMT_MISC, BINFMTD, FOREIGN_BUSYBOX, host_table, qemu
@@ -243,7 +243,7 @@ def test_platform_names_work_like_targets(ns):
 
 
 def test_sandbox_command_gives_a_private_table(tmp_path):
-    from binfmtd.facts import read_binfmt_misc
+    from binfmtd.facts.host import read_binfmt_misc
 
     with host_table():  # the host's table must stay as it is: no other test may change it meanwhile
         before = read_binfmt_misc().entries

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from binfmtd.facts import parse_kernel_release
+from binfmtd.facts.host import parse_kernel_release
 
 from conftest import BINFMT_MISC, BINFMTD, qemu
 
@@ -92,7 +92,7 @@ def test_not_root_exits_3():
 @pytest.mark.parametrize("argv", [["apply", "aarch64"], ["apply", "aarch64", "--flags=POCF"]], ids=["boot", "typer"])
 def test_kernel_older_than_4_8_exits_3(mocker, capsys, monkeypatch, argv):
     # An old kernel cannot be booted here: its release string is what is mocked.
-    mocker.patch("binfmtd.facts.read_kernel", return_value=parse_kernel_release("4.4.0-210-generic"))
+    mocker.patch("binfmtd.commands.change.read_kernel", return_value=parse_kernel_release("4.4.0-210-generic"))
     monkeypatch.setattr(sys, "argv", ["binfmtd", *argv])
     from binfmtd.__main__ import main
 
@@ -117,7 +117,7 @@ def test_refused_writes_are_explained_from_the_real_kernel(ns):
 import errno
 from binfmtd.act import register, explain_register_error
 from binfmtd.entry import Entry
-from binfmtd.facts import read_kernel
+from binfmtd.facts.host import read_kernel
 from binfmtd.targets import BY_NAME
 t = BY_NAME["aarch64"]
 cases = {
@@ -192,7 +192,7 @@ def test_every_bad_invocation_with_json_prints_exactly_one_error_object_and_exit
     ("export --format=json --bogus", False), ("apply -- --json", False), ("sandbox -- binfmtd status --json", False),
 ])
 def test_a_request_for_json_is_seen_before_the_command_line_is_parsed(argv, wanted):
-    from binfmtd.output import wants_json
+    from binfmtd.cli.render import wants_json
 
     assert wants_json(argv.split()) is wanted
 
@@ -253,7 +253,7 @@ def test_boot_path_and_full_cli_print_the_same_and_boot_skips_typer(ns, tmp_path
                                  f"{BINFMTD} apply --check --json --config={tmp_path / 'c.toml'} aarch64",
                                  f"{sys.executable} -X importtime -m binfmtd apply --check aarch64")
     assert boot.json() == full.json() and boot.json()["results"][0]["flags"] == "POF"
-    assert " typer" not in imports.err and " binfmtd.commands" in imports.err
+    assert " typer" not in imports.err and " binfmtd.commands.change" in imports.err
 
 
 def test_check_reports_each_problem_with_its_fix(ns, tmp_path):

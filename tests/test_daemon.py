@@ -24,7 +24,7 @@ from binfmtd.daemon import (Log, Table, Watch, boot_message, find_drift, load_se
                             watchdog_period)
 from binfmtd.entry import Entry, parse_entry
 from binfmtd.errors import UsageError
-from binfmtd.facts import native_targets
+from binfmtd.facts.host import native_targets
 from binfmtd.targets import lookup
 
 from conftest import BINFMT_MISC, BINFMTD, ROOT, need, qemu
@@ -608,8 +608,8 @@ def test_the_tick_and_status_read_the_table_through_one_reader(ns):
     """The daemon's tick compares raw entry texts; facts parses the very same read: both see the
     same entries (a disabled one and another tool's included), the status, and an unmount."""
     show = shlex.quote(
-        "import json, sys; from binfmtd import facts; from binfmtd.daemon import read_table; "
-        f"tick, facts_ = read_table({BINFMT_MISC!r}), facts.read_binfmt_misc({BINFMT_MISC!r}); "
+        "import json, sys; from binfmtd.facts.host import read_binfmt_misc; from binfmtd.daemon import read_table; "
+        f"tick, facts_ = read_table({BINFMT_MISC!r}), read_binfmt_misc({BINFMT_MISC!r}); "
         "print(json.dumps({'tick': [tick.mounted, tick.status, [[n, t] for n, t in tick.entries]], "
         "'facts': [facts_.mounted, facts_.enabled, [[e.name, e.register_line(), e.enabled] for e in facts_.entries]]}))")
     python = f"{shlex.quote(sys.executable)} -c {show}"
@@ -627,7 +627,7 @@ def test_the_tick_and_status_read_the_table_through_one_reader(ns):
 
 
 def test_desired_state_comes_from_the_apply_and_the_state_not_from_the_table():
-    from binfmtd.commands import ChangeReport
+    from binfmtd.commands.change import ChangeReport
     from binfmtd.state import Owned, State
 
     def result(target, action, interpreter=f"/usr/bin/qemu-{FIRST}-static", reason=""):

@@ -20,13 +20,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from binfmtd.entry import Entry, escape
-from binfmtd.facts import BinfmtMisc, Host, parse_kernel_release
-from binfmtd.interpreters import Interpreter
+from binfmtd.facts.host import BinfmtMisc, Host, parse_kernel_release
+from binfmtd.facts.interpreters import Interpreter
 from binfmtd.plan import Desired, plan_apply
 from binfmtd.state import Owned, State, format_state, parse_state
 from binfmtd.targets import BY_NAME, TARGETS
 
-from conftest import BINFMT_MISC, BINFMTD, FOREIGN, ROOT, host_table, need
+from conftest import BINFMT_MISC, BINFMTD, FOREIGN, ROOT, host_table, need, set_aside
 
 BACKPORTS_QEMU = FOREIGN / "qemu-backports" / "usr" / "bin"
 OLD = "/usr/bin/qemu-aarch64-static"
@@ -334,18 +334,23 @@ def binfmt_support_database() -> dict[str, bytes]:
 
 
 @contextlib.contextmanager
-def state_dir_set_aside():
-    """/var/lib/binfmtd as a binfmtd run without the package may have left it (purge deletes it):
-    moved aside for the test and put back after."""
-    state, aside = Path("/var/lib/binfmtd"), Path(f"/var/lib/binfmtd.test-aside-{os.getpid()}")
-    moved = state.exists()
-    if moved:
-        state.rename(aside)
+def binfmtd_dirs_set_aside():
+    """/var/lib/binfmtd and /etc/binfmtd as a binfmtd install without the package may have left
+    them (the README's `scripts/install`; the package's purge deletes both): moved aside for the
+    test and put back after."""
+    moved = []
+    for path in (Path("/var/lib/binfmtd"), Path("/etc/binfmtd")):
+        if path.exists():
+            aside = path.with_name(f"{path.name}.test-aside-{os.getpid()}")
+            path.rename(aside)
+            moved.append((path, aside))
     try:
         yield
     finally:
-        if moved and not state.exists():
-            aside.rename(state)
+        for path, aside in moved:
+            if path.exists():
+                shutil.rmtree(path)  # what the test left there
+            aside.rename(path)
 
 
 def test_deb_declares_a_file_trigger_for_every_emulator_path_binfmtd_registers():
@@ -375,9 +380,10 @@ def test_deb_trigger_re_pins_the_entries_when_qemu_is_upgraded_to_backports():
     done = run([str(ROOT / "scripts" / "build-deb")], cwd=ROOT)
     assert done.returncode == 0, done.stderr
     deb = ROOT / done.stdout.strip()
-    with host_table(), state_dir_set_aside():
+    # A host where the README's set-up ran has binfmtd's own entries for these targets: the
+    # package's binfmtd (a fresh state) would rightly leave them alone as another tool's.
+    with host_table(), binfmtd_dirs_set_aside(), set_aside(*(f"qemu-{t}" for t in HOST_TARGETS)):
         before = {p.name for p in Path(BINFMT_MISC).iterdir()}
-        need(not {f"qemu-{t}" for t in HOST_TARGETS} & before, "other tools registered these targets on this host")
         binfmts_before = binfmt_support_database()
         archives_before = set(Path("/var/cache/apt/archives").glob("*.deb"))
         try:

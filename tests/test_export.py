@@ -10,7 +10,7 @@ import pytest
 from conftest import BINFMTD, need, qemu
 from test_apply import DUMP_ENTRIES, kernel_entries
 
-from binfmtd.facts import native_targets
+from binfmtd.facts.host import native_targets
 from binfmtd.targets import TARGETS
 
 SYSTEMD_BINFMT = "/usr/lib/systemd/systemd-binfmt"

@@ -14,7 +14,7 @@ import sys
 
 from conftest import BINFMT_MISC, BINFMTD, need, qemu
 from binfmtd.entry import Entry
-from binfmtd.facts import native_targets
+from binfmtd.facts.host import native_targets
 from binfmtd.metrics import write_textfile
 from binfmtd.targets import lookup
 

@@ -3,8 +3,8 @@
 import json
 import os
 
-from binfmtd.facts import native_targets
-from binfmtd.native import probe_native
+from binfmtd.facts.host import native_targets
+from binfmtd.facts.native import probe_native
 
 from conftest import BINFMTD
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from binfmtd import __version__
-from binfmtd.facts import native_targets
+from binfmtd.facts.host import native_targets
 
 from conftest import BINFMT_MISC, ROOT, host_table, need, set_aside
 

@@ -9,8 +9,8 @@ from binfmtd.act import explain_register_error
 from binfmtd.config import parse_config
 from binfmtd.entry import Entry, normalize_flags, parse_entry, parse_register_line
 from binfmtd.errors import UsageError
-from binfmtd.facts import parse_filesystems, parse_kernel_release, parse_mount_type, target_of_entry
-from binfmtd.interpreters import CHUNK, find_qemu_banner, judge_interpreter, parse_elf_section, safety_problem
+from binfmtd.facts.host import parse_filesystems, parse_kernel_release, parse_mount_type, target_of_entry
+from binfmtd.facts.interpreters import CHUNK, find_qemu_banner, judge_interpreter, parse_elf_section, safety_problem
 from binfmtd.trust import UntrustedPath, resolve_trusted
 from binfmtd.targets import BY_NAME
 
@@ -256,7 +256,7 @@ def test_refused_register_writes_are_explained(code, release, flags, words):
 
 
 def test_an_interpreter_problem_names_the_path_once():
-    from binfmtd.interpreters import Interpreter
+    from binfmtd.facts.interpreters import Interpreter
 
     path = "/usr/local/bin/qemu-aarch64-static"
     own = f"file {path} is writable by group 'staff'"

@@ -10,7 +10,7 @@ from conftest import BINFMTD, qemu
 from prometheus_client.parser import text_string_to_metric_families
 
 from binfmtd.entry import Entry
-from binfmtd.processes import (
+from binfmtd.facts.processes import (
     CpuLedger,
     EmulatedProcess,
     container_of_cgroup,
@@ -197,7 +197,7 @@ def test_cpu_counter_counts_reaped_children_once():
 
 
 def test_entries_of_other_kinds_are_not_emulation(tmp_path):
-    from binfmtd.processes import _entries_by_interpreter
+    from binfmtd.facts.processes import _entries_by_interpreter
 
     jar = Entry("jar", "/usr/bin/jexec", "", 0, b"", b"", True, "jar")
     assert _entries_by_interpreter([jar]) == {}
@@ -227,7 +227,7 @@ def test_daemon_textfile_follows_emulated_processes_while_idle(ns, foreign_busyb
 
 
 def test_i386_wins_over_i486_which_shares_its_emulator():
-    from binfmtd.processes import _entry_for
+    from binfmtd.facts.processes import _entry_for
     from binfmtd.targets import BY_NAME
 
     i386, i486 = (Entry(f"qemu-{t}", "/usr/bin/qemu-i386-static", "POCF", 0, BY_NAME[t].magic, BY_NAME[t].mask)

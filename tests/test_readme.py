@@ -94,8 +94,14 @@ set -e
 for d in /etc /opt /usr/local /root /var/lib/apt /var/cache/apt; do
   n=$(echo "$d" | tr / _)
   mkdir -p "$WORK/upper$n" "$WORK/work$n"
-  mount -t overlay overlay -o "lowerdir=$d,upperdir=$WORK/upper$n,workdir=$WORK/work$n" "$d"
+  # userxattr: in a user namespace, overlayfs keeps its whiteouts in user.* xattrs; without it,
+  # deleting or replacing a directory of the lower layer fails with EIO.
+  mount -t overlay overlay -o "userxattr,lowerdir=$d,upperdir=$WORK/upper$n,workdir=$WORK/work$n" "$d"
 done
+# What the README's set-up installed, where this host ran it (CI does, before the tests): a fresh
+# host has none of it.
+rm -rf /opt/binfmtd /usr/local/bin/binfmtd /etc/binfmtd /etc/apt/apt.conf.d/80binfmtd \
+  /etc/systemd/system/binfmtd.service /etc/systemd/system/binfmtd-daemon.service
 mkdir "$WORK/var-lib"
 mount --rbind /var/lib "$WORK/var-lib"
 mount -t tmpfs -o mode=0755 tmpfs /var/lib
@@ -292,7 +298,7 @@ def readme_use_list(text: str) -> dict[str, str]:
 
 def test_the_readme_use_list_names_every_command_and_option():
     usage = readme_use_list(README.read_text())
-    from binfmtd.cli import app
+    from binfmtd.cli.app import app
     import typer.main
 
     commands = typer.main.get_command(app).commands

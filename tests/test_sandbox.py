@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 from binfmtd.entry import escape
-from binfmtd.facts import read_binfmt_misc, read_kernel
+from binfmtd.facts.host import read_binfmt_misc, read_kernel
 from binfmtd.targets import BY_NAME
 
 from conftest import BINFMT_MISC, BINFMTD, ROOT, host_table, need, qemu
@@ -206,7 +206,7 @@ def test_the_initial_user_namespace_is_the_hosts_table_without_a_subprocess(monk
 
 
 def test_identity_map_maps_each_range_of_this_namespace_to_itself():
-    from binfmtd.sandbox import identity_map
+    from binfmtd.namespaces import identity_map
 
     assert identity_map("         0          0 4294967295\n") == "0 0 4294967295\n"
     # in a container whose root is host uid 100000: the child maps the same ids, as themselves
@@ -214,7 +214,7 @@ def test_identity_map_maps_each_range_of_this_namespace_to_itself():
 
 
 def test_instance_comparison_needs_both_devices():
-    from binfmtd.facts import parse_instance_devices
+    from binfmtd.facts.host import parse_instance_devices
 
     assert parse_instance_devices("51\n51\n") is True
     assert parse_instance_devices("21\n52\n") is False

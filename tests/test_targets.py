@@ -10,7 +10,7 @@ from conftest import BINFMT_MISC, BINFMTD, need, qemu
 
 from binfmtd import probes
 from binfmtd.entry import unescape
-from binfmtd.facts import native_targets
+from binfmtd.facts.host import native_targets
 from binfmtd.targets import BY_NAME, TARGETS, claims, family_of_machine, lookup
 
 QEMU_10_TARGETS = set("""i386 i486 alpha arm armeb sparc sparc32plus sparc64 ppc ppc64 ppc64le m68k mips mipsel

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from binfmtd.entry import parse_entry
-from binfmtd.interpreters import read_interpreter
+from binfmtd.facts.interpreters import read_interpreter
 from binfmtd.targets import BY_NAME
 from binfmtd.trust import UntrustedPath, parse_user_fuse_mounts, resolve_trusted
 

@@ -13,12 +13,12 @@ import time
 
 import pytest
 
-from binfmtd.facts import Host, BinfmtMisc, parse_kernel_release
+from binfmtd.facts.host import Host, BinfmtMisc, parse_kernel_release
 from binfmtd.entry import Entry
-from binfmtd.interpreters import Interpreter
+from binfmtd.facts.interpreters import Interpreter
 from binfmtd.probes import MARKER
 from binfmtd.targets import BY_NAME
-from binfmtd.verify import ProbeRun, _probe_answered, _run, diagnose
+from binfmtd.verify.run import ProbeRun, _probe_answered, _run, diagnose
 
 from conftest import BINFMT_MISC, BINFMTD, ROOT, host_table, need, qemu, set_aside
 

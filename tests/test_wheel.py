@@ -21,7 +21,7 @@ def test_wheel_and_sdist_build_and_the_wheel_installs(tmp_path):
     sdist, = (tmp_path / "dist").glob(f"binfmtd-{__version__}.tar.gz")
     names = zipfile.ZipFile(wheel).namelist()
     modules = {path.relative_to(ROOT).as_posix() for path in (ROOT / "binfmtd").rglob("*.py")}
-    assert {"binfmtd/cli.py", "binfmtd/probes/__init__.py", "binfmtd/verify.py"} <= modules <= set(names)
+    assert {"binfmtd/cli/app.py", "binfmtd/probes/__init__.py", "binfmtd/verify/run.py"} <= modules <= set(names)
     entry_points = zipfile.ZipFile(wheel).read(f"binfmtd-{__version__}.dist-info/entry_points.txt").decode()
     assert "binfmtd = binfmtd.__main__:main" in entry_points
     with tarfile.open(sdist) as tar:

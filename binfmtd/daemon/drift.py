@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import os
 
-from binfmtd import commands, facts
+from binfmtd import commands
+from binfmtd.facts import host
 from binfmtd.daemon.systemd import WARNING
 from binfmtd.entry import Entry, parse_entry
-from binfmtd.records import dataclass, field  # facts.Table, which Table extends, is one
+from binfmtd.records import dataclass, field  # host.Table, which Table extends, is one
 from binfmtd.state import State
 from binfmtd.targets import lookup
 
 
 @dataclass(frozen=True)
-class Table(facts.Table):
+class Table(host.Table):
     """The table as facts reads it (mounted?, status, each entry's text), and the emulators' files
     and directories on disk, stat()ed: an upgrade renames a new QEMU over an F entry's pinned file
     (plan re-registers it), removes one, or adds one to a directory."""
@@ -39,7 +40,7 @@ def stamp_emulators(entries: tuple[tuple[str, str], ...], dirs: tuple[str, ...])
 def read_table(path: str, interpreter_dirs: tuple[str, ...] = (), dir_stamps: tuple | None = None) -> Table:
     """What the kernel shows, with the emulators' stamps; `dir_stamps` are the directories' stamps
     taken earlier (before an apply, so that an emulator added while it ran still counts)."""
-    table = facts.read_table(path)
+    table = host.read_table(path)
     if not table.mounted:
         return Table(False)
     dirs = dir_stamps if dir_stamps is not None else stamp_emulators((), interpreter_dirs)

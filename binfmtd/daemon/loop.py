@@ -9,11 +9,12 @@ import signal
 import time
 
 from binfmtd import commands
+from binfmtd.commands.change import desired_targets
 from binfmtd.config import Config, load_config
 from binfmtd.daemon.drift import Watch, find_drift, read_table, stamp_emulators, table_problems, watch_from_report
 from binfmtd.daemon.systemd import ERR, INFO, NOTICE, WARNING, Log, Notifier, Signals, watchdog_period
 from binfmtd.errors import EXIT_OK, BinfmtdError, HostUnsupported, UsageError
-from binfmtd.interpreters import DEFAULT_INTERPRETER_DIRS
+from binfmtd.facts.interpreters import DEFAULT_INTERPRETER_DIRS
 from binfmtd.state import READY_FILE, State, load_state, touch_record
 
 DEFAULTS = Config("")
@@ -36,7 +37,7 @@ def describe_config(config: Config) -> str:
 
 def config_targets(config: Config) -> set[str]:
     """The targets a config asks for (no list: all of them; the native ones are skipped)."""
-    return {t.name for t in commands.desired_targets((), False, config, native=())[0]}
+    return {t.name for t in desired_targets((), False, config, native=())[0]}
 
 
 # -- the loop -------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 
-from binfmtd import facts
+from binfmtd.facts.host import BOOT_ID, DEFAULT_BINFMT_MISC, read_boot_id
 from binfmtd.daemon.loop import Daemon, describe_config, load_settings
 from binfmtd.daemon.systemd import ERR, INFO, Log, Notifier, Signals
 from binfmtd.errors import EXIT_USAGE, BinfmtdError, UsageError
@@ -17,7 +17,7 @@ from binfmtd.state import BOOT_FILE, open_state_dir, read_record, state_dir_from
 def note_boot(state_dir: str) -> tuple[str, str | None]:
     """This boot's id and the one the last start stored (None: never started here), storing
     this one atomically for the next start."""
-    boot = facts.read_boot_id()
+    boot = read_boot_id()
     open_state_dir(state_dir)
     previous = read_record(state_dir, BOOT_FILE)
     previous = previous if isinstance(previous, str) else None
@@ -28,7 +28,7 @@ def note_boot(state_dir: str) -> tuple[str, str | None]:
 
 def boot_message(boot: str, previous: str | None) -> str:
     if not boot:
-        return f"cannot read {facts.BOOT_ID}; not telling a reboot from a restart"
+        return f"cannot read {BOOT_ID}; not telling a reboot from a restart"
     if previous == boot:
         return f"restarted within the same boot {boot}"
     return f"first start since boot {boot}" + (f" (previous start: boot {previous})" if previous else "")
@@ -38,7 +38,7 @@ def run_daemon(config_file: str | None, binfmt_misc: str | None = None, state_di
     """Apply the config, then keep the host there until SIGTERM/SIGINT; the exit code."""
     log = Log()
     notify = Notifier(os.environ.get("NOTIFY_SOCKET"), log)
-    path = binfmt_misc or facts.DEFAULT_BINFMT_MISC
+    path = binfmt_misc or DEFAULT_BINFMT_MISC
     state_dir = state_dir or state_dir_from_env()
     try:
         settings = load_settings(config_file)

@@ -42,7 +42,7 @@ def parse_daemon(argv: list[str]) -> dict | None:
 
 def run_apply(options: dict) -> int:
     from binfmtd import commands
-    from binfmtd.output import finish_change
+    from binfmtd.cli.render import finish_change
 
     as_json = options.pop("as_json")
     names = options.pop("names")
@@ -72,7 +72,7 @@ def parse_query(argv: list[str]) -> dict | None:
 def produce_status() -> dict:
     """commands.status() with its warnings said (stderr, and --json's `warnings`)."""
     from binfmtd import commands
-    from binfmtd.output import say
+    from binfmtd.cli.render import say
 
     result = commands.status()
     for warning in result["warnings"]:
@@ -88,7 +88,7 @@ def check_exit_code(result: dict) -> int:
 
 def run_query(options: dict) -> int:
     from binfmtd import commands
-    from binfmtd.output import finish
+    from binfmtd.cli.render import finish
 
     if options["command"] == "status":
         return finish(produce_status, True, None)

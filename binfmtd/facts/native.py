@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 
-from binfmtd.facts import DEFAULT_BINFMT_MISC, native_targets, read_boot_id, read_kernel
+from binfmtd.facts.host import DEFAULT_BINFMT_MISC, native_targets, read_boot_id, read_kernel
 from binfmtd.state import NATIVE_FILE, read_record, write_record
 from binfmtd.targets import lookup
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 
 from binfmtd import __version__
-from binfmtd.commands import desired_entries
+from binfmtd.commands.change import desired_entries
 from binfmtd.entry import Entry, escape, normalize_flags
 from binfmtd.errors import BinfmtdError, UsageError
 from binfmtd.state import write_atomic

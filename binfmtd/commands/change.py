@@ -7,13 +7,13 @@ from __future__ import annotations
 import os
 import time
 
-from binfmtd import facts
+from binfmtd.facts.host import BinfmtMisc, DEFAULT_BINFMT_MISC, Host, Kernel, read_binfmt_misc, read_entry, read_host, read_kernel, target_of_entry
 from binfmtd.config import Config, load_config
 from binfmtd.entry import Entry, flags_problem, normalize_flags
 from binfmtd.errors import BinfmtdError, HostUnsupported, UsageError
 from binfmtd.image import registered_by_image
-from binfmtd.interpreters import DEFAULT_INTERPRETER_DIRS, Interpreter, add_versions, read_interpreter, safety_problem
-from binfmtd.native import read_native
+from binfmtd.facts.interpreters import DEFAULT_INTERPRETER_DIRS, Interpreter, add_versions, read_interpreter, safety_problem
+from binfmtd.facts.native import read_native
 from binfmtd.plan import REMOVED, Desired, Plan, plan_apply, plan_remove
 from binfmtd.records import dataclass, field
 from binfmtd.state import State, load_state, locked, reconcile, state_dir_from_env
@@ -88,17 +88,17 @@ def desired_targets(names, all_targets: bool, config: Config | None,
 
 
 def _paths(binfmt_misc: str | None, state_dir: str | None) -> tuple[str, str]:
-    return binfmt_misc or facts.DEFAULT_BINFMT_MISC, state_dir or state_dir_from_env()
+    return binfmt_misc or DEFAULT_BINFMT_MISC, state_dir or state_dir_from_env()
 
 
-def _require_kernel(kernel: facts.Kernel) -> None:
+def _require_kernel(kernel: Kernel) -> None:
     """The kernel binfmtd needs; root is required by the lock (state.open_state_dir)."""
     if not kernel.supports_fix_binary:
         raise HostUnsupported(f"kernel {kernel.release} is older than 4.8 and lacks binfmt_misc's F flag, "
                               "which containers need; upgrade the kernel")
 
 
-def _read_interpreters(targets, native, dirs, host: facts.Host | None = None,
+def _read_interpreters(targets, native, dirs, host: Host | None = None,
                        state: State | None = None) -> dict[str, Interpreter]:
     """With `host` and `state`: the QEMU version too, where binfmtd may register (no entry yet,
     or binfmtd's own); a file the state already pinned costs no process (the boot path's no-op)."""
@@ -149,32 +149,32 @@ def apply(names=(), all_targets=False, flags: str | None = None, force=False, ch
 
     resolve_targets(names)  # an unknown target fails before anything changes
 
-    def plan_now(host: facts.Host, state: State) -> Plan:
+    def plan_now(host: Host, state: State) -> Plan:
         targets, explicit = desired_targets(names, all_targets, config, host.native)
         desired = Desired(targets, normalize_flags(flags), explicit, force, frozenset(reclaim), flags_chosen)
         return plan_apply(desired, host, _read_interpreters(targets, host.native, dirs, host, state), state,
                           _restore_problem)
 
     if check:
-        host = facts.read_host(path, read_native(state_dir, remember=False)[0])
+        host = read_host(path, read_native(state_dir, remember=False)[0])
         plan = plan_now(host, settled_state(state_dir, path))
         if plan.mount:
             plan.warnings.insert(0, f"binfmt_misc is not mounted on {path}; apply would mount it")
         return _report(plan, True, [(a.target.name, a.error) for a in plan.actions if a.error], names)
-    _require_kernel(facts.read_kernel())
+    _require_kernel(read_kernel())
     from binfmtd.act import execute, mount_binfmt_misc, recover
 
     with locked(state_dir, lock_timeout):  # facts are read under the lock: a concurrent run may just have acted
         native = read_native(state_dir, remember=True)[0]
-        host = facts.read_host(path, native)
+        host = read_host(path, native)
         mounted_now = not host.binfmt_misc.mounted
         if mounted_now:
             mount_binfmt_misc(path)
-            host = facts.read_host(path, native)
+            host = read_host(path, native)
         state = load_state(state_dir)
         recovered = recover(path, state_dir, state)
         if recovered:
-            host = facts.read_host(path, native)
+            host = read_host(path, native)
         plan = plan_now(host, state)
         plan.mount = mounted_now
         plan.warnings[:0] = recovered
@@ -187,7 +187,7 @@ def settled_state(state_dir: str, path: str) -> State:
     """The state as the next run will see it once an interrupted run's intents are settled
     (for read-only commands: nothing is written)."""
     state = load_state(state_dir)
-    reconcile(state, lambda name: facts.read_entry(path, name))
+    reconcile(state, lambda name: read_entry(path, name))
     return state
 
 
@@ -202,9 +202,9 @@ def desired_entries(names=(), all_targets=False, flags: str | None = None,
     dirs = (config and config.interpreter_dirs) or DEFAULT_INTERPRETER_DIRS
     native = read_native(None, remember=False)[0]
     targets, explicit = desired_targets(names, all_targets, config, native)
-    kernel = facts.read_kernel()
-    empty = facts.Host(kernel, os.uname().machine,
-                       facts.BinfmtMisc(facts.DEFAULT_BINFMT_MISC, True, True, "binfmt_misc", True), native)
+    kernel = read_kernel()
+    empty = Host(kernel, os.uname().machine,
+                       BinfmtMisc(DEFAULT_BINFMT_MISC, True, True, "binfmt_misc", True), native)
     plan = plan_apply(Desired(targets, normalize_flags(flags), explicit, False), empty,
                       _read_interpreters(targets, native, dirs), State())
     errors = [a.error for a in plan.actions if a.error]
@@ -221,26 +221,26 @@ def remove(names=(), all_targets=False, force=False, check=False, config_file: s
     path, state_dir = _paths(binfmt_misc, state_dir)
     targets = resolve_targets(names) if names else TARGETS
 
-    def present(host: facts.Host) -> tuple[Target, ...]:  # --all reports what is there, not every target
+    def present(host: Host) -> tuple[Target, ...]:  # --all reports what is there, not every target
         return targets if names else tuple(t for t in targets if host.binfmt_misc.entry(t.entry_name))
 
     def warn_running(plan: Plan) -> Plan:  # removing an entry does not stop what runs under it
-        from binfmtd.processes import running_under
+        from binfmtd.facts.processes import running_under
 
         plan.warnings += running_under([a.old for a in plan.actions if a.action == REMOVED and a.old])
         return plan
 
     if check:
-        host = facts.read_host(path)
+        host = read_host(path)
         return _report(warn_running(plan_remove(present(host), host, settled_state(state_dir, path), force,
                                                 _restore_problem)), True, [], names)
-    _require_kernel(facts.read_kernel())
+    _require_kernel(read_kernel())
     from binfmtd.act import execute, recover
 
     with locked(state_dir, lock_timeout):
         state = load_state(state_dir)
         recovered = recover(path, state_dir, state)
-        host = facts.read_host(path)
+        host = read_host(path)
         plan = warn_running(plan_remove(present(host), host, state, force, _restore_problem))
         plan.warnings[:0] = recovered
         outcome = execute(plan, path, host.kernel, state_dir, state)
@@ -258,7 +258,7 @@ def _restore_problem(entry: Entry) -> str | None:
 
 def status(binfmt_misc: str | None = None, state_dir: str | None = None) -> dict:
     path, state_dir = _paths(binfmt_misc, state_dir)
-    table = facts.read_binfmt_misc(path)
+    table = read_binfmt_misc(path)
     warnings = []
     try:  # the kernel's table is worth showing even when binfmtd's own records are not readable
         state = settled_state(state_dir, path)
@@ -268,7 +268,7 @@ def status(binfmt_misc: str | None = None, state_dir: str | None = None) -> dict
     emulators = read_emulators(table.entries, state)
     entries = []
     for entry in table.entries:
-        target = facts.target_of_entry(entry)
+        target = target_of_entry(entry)
         entries.append({
             "name": entry.name, "enabled": entry.enabled, "interpreter": entry.interpreter,
             "flags": entry.flags, "offset": entry.offset, "magic": entry.magic.hex() or None,
@@ -286,7 +286,7 @@ def read_emulators(entries, state: State) -> dict[str, tuple[dict | None, dict |
     """Per entry: the emulator file it pinned (binfmtd's own F entries: the state's pin) and the
     file at its interpreter path now, with QEMU versions (asked in parallel, never of a file
     binfmtd would not trust, nor of a non-QEMU entry's interpreter)."""
-    from binfmtd.interpreters import emulator_identity, safety_problem
+    from binfmtd.facts.interpreters import emulator_identity, safety_problem
 
     found = {}
     for entry in entries:
@@ -294,7 +294,7 @@ def read_emulators(entries, state: State) -> dict[str, tuple[dict | None, dict |
         pinned = owned.pinned if owned and "F" in entry.flags else None
         found[entry.name] = (pinned, emulator_identity(entry.interpreter, version=False))
     pins = tuple(o.pinned for o in state.entries.values() if o.pinned)
-    add_versions([disk for e in entries if (disk := found[e.name][1]) and facts.target_of_entry(e)
+    add_versions([disk for e in entries if (disk := found[e.name][1]) and target_of_entry(e)
                   and safety_problem(e.interpreter) is None], pins)
     return found
 
@@ -303,7 +303,7 @@ def emulator_of(entry: Entry, owned: bool, pinned: dict | None, on_disk: dict | 
     """Which QEMU an entry runs and whether that is still the file on disk. With F the kernel
     pinned a file at registration: binfmtd knows which for its own entries (`pinned`); for other
     tools' entries only the file on disk now is known (verify sees what really runs)."""
-    from binfmtd.interpreters import describe_version, same_file
+    from binfmtd.facts.interpreters import describe_version, same_file
 
     drift = note = None
     if "F" in entry.flags and entry.enabled and on_disk is None and not registered_by_image(entry.interpreter):
@@ -324,7 +324,7 @@ def emulator_of(entry: Entry, owned: bool, pinned: dict | None, on_disk: dict | 
 
 def check(names=(), config_file: str | None = None, binfmt_misc: str | None = None) -> dict:
     """Preflight: can this host run binfmtd's plan? Each check says what is wrong and the fix."""
-    from binfmtd.interpreters import qemu_version
+    from binfmtd.facts.interpreters import qemu_version
 
     checks: list[dict] = []
 
@@ -333,7 +333,7 @@ def check(names=(), config_file: str | None = None, binfmt_misc: str | None = No
 
     path, state_dir = _paths(binfmt_misc, None)
     native, how = read_native(state_dir, remember=False)
-    host = facts.read_host(path, native)
+    host = read_host(path, native)
     kernel, table = host.kernel, host.binfmt_misc
     add("kernel", kernel.supports_fix_binary,
         f"Linux {kernel.release}: " + ", ".join(filter(None, [

@@ -27,12 +27,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from binfmtd import facts
+from binfmtd.facts.host import DEFAULT_BINFMT_MISC, Host, read_host, read_kernel
 from binfmtd.config import load_config
 from binfmtd.errors import HostUnsupported, UsageError
-from binfmtd.interpreters import (DEFAULT_INTERPRETER_DIRS, describe_version, emulator_identity,
+from binfmtd.facts.interpreters import (DEFAULT_INTERPRETER_DIRS, describe_version, emulator_identity,
                                   identity_of_open_file, qemu_version, read_interpreter, same_file)
-from binfmtd.native import read_native
+from binfmtd.facts.native import read_native
 from binfmtd.probes import build_probe, parse_probe_output
 from binfmtd.targets import Target
 
@@ -245,7 +245,7 @@ class Sandbox:
         self.workdir = workdir
 
     def check(self, timeout: float) -> None:
-        kernel = facts.read_kernel()
+        kernel = read_kernel()
         if shutil.which("unshare") is None:
             raise HostUnsupported("the sandbox engine needs unshare(1); install util-linux")
         probe = _run(["unshare", "--user", "--map-root-user", "--mount", "--pid", "--fork", "--net", "--ipc",
@@ -383,15 +383,15 @@ class VerifyReport:
 
 def verify(names=(), all_targets=False, engine_name: str | None = None, image: str | None = None,
            config_file: str | None = None, timeout: float | None = None, binfmt_misc: str | None = None) -> VerifyReport:
-    from binfmtd.commands import desired_targets, resolve_targets
+    from binfmtd.commands.change import desired_targets, resolve_targets
 
     config = load_config(config_file)
     engine_name = engine_name or (config.verify_engine if config else "auto")
     timeout = timeout or (config.verify_timeout if config else 20.0)
     resolve_targets(names)  # unknown targets fail before anything runs
-    path = binfmt_misc or facts.DEFAULT_BINFMT_MISC
+    path = binfmt_misc or DEFAULT_BINFMT_MISC
     native, _ = read_native(os.environ.get("BINFMTD_STATE_DIR") or None, remember=False)
-    host = facts.read_host(path, native)
+    host = read_host(path, native)
     targets, _ = desired_targets(names, all_targets, config, host.native)
     dirs = (config and config.interpreter_dirs) or DEFAULT_INTERPRETER_DIRS
     with tempfile.TemporaryDirectory(prefix="binfmtd-verify-") as workdir:
@@ -437,7 +437,7 @@ def emulator_that_ran(run: ProbeRun, entry) -> dict | None:
             "note": note}
 
 
-def _owned_entries(host: facts.Host) -> set[str]:
+def _owned_entries(host: Host) -> set[str]:
     """Names of the entries binfmtd registered (its state), for diagnoses; empty if unreadable."""
     from binfmtd.errors import BinfmtdError
     from binfmtd.state import load_state, state_dir_from_env
@@ -449,7 +449,7 @@ def _owned_entries(host: facts.Host) -> set[str]:
     return {e.name for e in host.binfmt_misc.entries if state.owns(e)}
 
 
-def diagnose(target: Target, run: ProbeRun, host: facts.Host, interpreter, engine: str, user_image: str | None,
+def diagnose(target: Target, run: ProbeRun, host: Host, interpreter, engine: str, user_image: str | None,
              ours: bool | None = None) -> dict:
     """The report for one target: what ran, what it said, and for a failure the cause and fix.
     `user_image` is the image --image named (None: binfmtd's probe); `ours` whether binfmtd

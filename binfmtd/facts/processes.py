@@ -26,7 +26,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass
 
 from binfmtd.entry import Entry
-from binfmtd.facts import target_of_entry
+from binfmtd.facts.host import target_of_entry
 
 DELETED = " (deleted)"
 PROC = "/proc"
@@ -136,7 +136,7 @@ def scan_exes(proc: str = PROC):
 def read_emulated(entries) -> list[EmulatedProcess]:
     """The processes that run one of these entries' interpreters, with their details (psutil
     reads /proc, so this does too)."""
-    from binfmtd.facts import read_kernel
+    from binfmtd.facts.host import read_kernel
 
     index = _entries_by_interpreter(entries)
     matches = []
@@ -237,7 +237,7 @@ class CpuLedger:
 
 def processes_report(binfmt_misc: str | None = None) -> dict:
     """`binfmtd ps`: the emulated processes and, per target, how many and their CPU time."""
-    from binfmtd.facts import DEFAULT_BINFMT_MISC, read_binfmt_misc
+    from binfmtd.facts.host import DEFAULT_BINFMT_MISC, read_binfmt_misc
     from binfmtd.targets import BY_NAME
 
     table = read_binfmt_misc(binfmt_misc or DEFAULT_BINFMT_MISC)

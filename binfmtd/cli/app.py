@@ -1,6 +1,6 @@
 """The `binfmtd` command line (typer): parses arguments, calls binfmtd.commands and the other
-clients, and hands the result to binfmtd.output, the one place that prints results and turns
-error types into exit codes. `apply` and `daemon` usually arrive through binfmtd.boot instead."""
+clients, and hands the result to binfmtd.cli.render, the one place that prints results and turns
+error types into exit codes. `apply` and `daemon` usually arrive through binfmtd.cli.boot instead."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import typer
 import typer.core
 
 from binfmtd import __version__, commands
-from binfmtd.boot import check_exit_code, produce_status
+from binfmtd.cli.boot import check_exit_code, produce_status
 from binfmtd.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, BinfmtdError
-from binfmtd.output import fail, finish, finish_change, say, table, wants_json
+from binfmtd.cli.render import fail, finish, finish_change, say, table, wants_json
 
 app = typer.Typer(add_completion=True, no_args_is_help=True, rich_markup_mode=None,
                   pretty_exceptions_enable=False,
@@ -134,7 +134,7 @@ def _shown_version(entry: dict) -> str:
 @app.command("ps")
 def ps_cmd(as_json: bool = JsonOpt) -> None:
     """List the processes running under emulation: target, PID, user, CPU, RSS, container, command."""
-    from binfmtd.processes import processes_report
+    from binfmtd.facts.processes import processes_report
 
     def produce() -> dict:
         result = processes_report()
@@ -197,7 +197,7 @@ def verify_cmd(targets: Optional[List[str]] = TargetsArg,
     With no TARGET: the config's targets, else every target this host does not run natively.
 
     TARGET: a QEMU target or a container platform (aarch64, arm64, linux/arm/v7, riscv64, ...)."""
-    from binfmtd.verify import verify
+    from binfmtd.verify.run import verify
 
     if engine is not None and engine not in ENGINES:
         _usage_error(f"--engine {engine!r}: expected auto, sandbox, docker, podman or nerdctl", as_json)
@@ -240,7 +240,7 @@ def export(targets: Optional[List[str]] = TargetsArg,
     are never overwritten: export to a directory of its own and import with update-binfmts --importdir.
 
     TARGET: a QEMU target or a container platform (aarch64, arm64, linux/arm/v7, riscv64, ...)."""
-    from binfmtd.export import export_entries
+    from binfmtd.commands.export import export_entries
 
     def render(result: dict) -> None:
         for item in result["files"]:
@@ -265,7 +265,7 @@ def sandbox(command: List[str] = typer.Argument(..., metavar="COMMAND", hidden=T
 
     \b
       binfmtd sandbox -- sh -c 'binfmtd apply arm64 && binfmtd verify arm64 --engine sandbox'"""
-    from binfmtd.sandbox import run_in_sandbox
+    from binfmtd.namespaces import run_in_sandbox
 
     try:
         code = run_in_sandbox(command)

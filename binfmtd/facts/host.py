@@ -239,7 +239,7 @@ class Host:
 
 
 def read_host(binfmt_misc_path: str = DEFAULT_BINFMT_MISC, native: tuple[str, ...] | None = None) -> Host:
-    """The host's facts; `native` as measured by binfmtd.native, else QEMU's family table."""
+    """The host's facts; `native` as measured by binfmtd.facts.native, else QEMU's family table."""
     machine = os.uname().machine
     if native is None:
         native = tuple(t.name for t in native_targets(machine))
