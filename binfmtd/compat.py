@@ -171,11 +171,11 @@ def install(run: Run, targets: tuple[Target, ...] | None, flags: str, say, repla
         # The flags are the foreign language's own defaults or what its caller chose: no advice on them.
         if "flags lack F" not in warning and "flag C:" not in warning:
             log(f"warning: {warning}")
-    errors = {e["target"]: e["message"] for e in report.errors}
-    entries = {e["name"]: e for e in commands.status(binfmt_misc=run.mount)["entries"]}
+    errors = {e.target: e.message for e in report.errors}
+    entries = {e.name: e for e in commands.status(binfmt_misc=run.mount).entries}
     to_probe, kept = [], {}
     for result in report.results:
-        target = lookup(result["target"])
+        target = lookup(result.target)
         entry = entries.get(target.entry_name)
         if target.name in errors:
             run.failed = True
@@ -183,12 +183,12 @@ def install(run: Run, targets: tuple[Target, ...] | None, flags: str, say, repla
         elif target.name in run.native:
             say(target, True, "runs natively on this host, no entry needed")
         elif entry is None:
-            say(target, None, result["reason"])  # e.g. no emulator in the image for it, with `all`
+            say(target, None, result.reason)  # e.g. no emulator in the image for it, with `all`
         else:
             to_probe.append(target)
-            if entry["owner"] != "binfmtd":
-                kept[target.name] = (f"entry {entry['name']} of another tool ({entry['interpreter']}, "
-                                     f"flags {entry['flags'] or '-'}) left in place")
+            if entry.owner != "binfmtd":
+                kept[target.name] = (f"entry {entry.name} of another tool ({entry.interpreter}, "
+                                     f"flags {entry.flags or '-'}) left in place")
     results = probe(run, tuple(to_probe))
     for target in to_probe:
         result = results[target.name]
@@ -222,7 +222,7 @@ def remove_entries(run: Run, patterns: list[str], say) -> None:
             known = lookup(name)
             if known and known.entry_name == name:
                 report = commands.remove([known.name], force=True, binfmt_misc=run.mount)
-                message = report.errors[0]["message"] if report.errors else ""
+                message = report.errors[0].message if report.errors else ""
             else:  # not a QEMU target's entry (e.g. matched by a glob): remove it as it is
                 message = _unregister(run.mount, name)
             if message:

@@ -53,7 +53,7 @@ def _labels(**labels: str | None) -> str:
 def prometheus_text(binfmt_misc: str | None = None, state_dir: str | None = None) -> str:
     state_dir = state_dir or state_dir_from_env()
     status = commands.status(binfmt_misc, state_dir)
-    by_target = {e["target"]: e for e in status["entries"] if e["target"] and e["name"] == f"qemu-{e['target']}"}
+    by_target = {e.target: e for e in status.entries if e.target and e.name == f"qemu-{e.target}"}
     verified = _last_verify(state_dir)
     lines: list[str] = []
 
@@ -62,27 +62,27 @@ def prometheus_text(binfmt_misc: str | None = None, state_dir: str | None = None
         lines.append(f"# TYPE {name} gauge")
         lines.extend(f"{name}{labels} {value!r}" for labels, value in samples)
 
-    misc = status["binfmt_misc"]
-    gauge("binfmtd_binfmt_misc_mounted", "Whether binfmt_misc is mounted.", [("", int(misc["mounted"]))])
-    gauge("binfmtd_binfmt_misc_enabled", "Whether binfmt_misc is enabled as a whole.", [("", int(misc["enabled"]))])
+    misc = status.binfmt_misc
+    gauge("binfmtd_binfmt_misc_mounted", "Whether binfmt_misc is mounted.", [("", int(misc.mounted))])
+    gauge("binfmtd_binfmt_misc_enabled", "Whether binfmt_misc is enabled as a whole.", [("", int(misc.enabled))])
     registered, enabled = [], []
     for target in TARGETS:
         entry = by_target.get(target.name)
-        labels = _labels(target=target.name, platform=target.platform, owner=entry["owner"] if entry else None)
+        labels = _labels(target=target.name, platform=target.platform, owner=entry.owner if entry else None)
         registered.append((labels, int(entry is not None)))
-        enabled.append((labels, int(bool(entry and entry["enabled"]))))
+        enabled.append((labels, int(bool(entry and entry.enabled))))
     gauge("binfmtd_entry_registered", "Whether binfmt_misc has the target's qemu-<target> entry.", registered)
     gauge("binfmtd_entry_enabled", "Whether the target's entry is registered and enabled.", enabled)
     gauge("binfmtd_entry_info", "The target's entry: who owns it, the QEMU version it runs and its emulator's "
           "drift (replaced or removed on disk since registration; empty: none).",
-          [(_labels(target=t.name, platform=t.platform, owner=e["owner"], qemu_version=e["qemu_version"],
-                    drift=e["emulator"]["drift"]), 1)
+          [(_labels(target=t.name, platform=t.platform, owner=e.owner, qemu_version=e.qemu_version,
+                    drift=e.emulator.drift), 1)
            for t in TARGETS if (e := by_target.get(t.name))])
     results = verified.get("results", {})
     gauge("binfmtd_target_verified", "Whether the target's probe passed in the last binfmtd verify.",
           [(_labels(target=name, platform=target.platform), int(ok))
            for target in TARGETS for name, ok in results.items() if name == target.name])
-    lines.extend(emulation_metrics(status["entries"]))
+    lines.extend(emulation_metrics(status.entries))
     try:
         last_apply = load_state(state_dir).last_apply
     except BinfmtdError:  # status above already said why; the other samples are still true
@@ -108,13 +108,13 @@ def emulation_metrics(entries: list[dict]) -> list[str]:
     from binfmtd.facts.processes import CpuLedger, per_target, read_emulated
     from binfmtd.targets import BY_NAME
 
-    table = [Entry(e["name"], e["interpreter"], e["flags"], e["offset"], bytes.fromhex(e["magic"] or ""),
-                   bytes.fromhex(e["mask"] or ""), e["enabled"]) for e in entries if e["target"]]
+    table = [Entry(e.name, e.interpreter, e.flags, e.offset, bytes.fromhex(e.magic or ""),
+                   bytes.fromhex(e.mask or ""), e.enabled) for e in entries if e.target]
     found = read_emulated(table)
     _LEDGER = _LEDGER or CpuLedger()
     cpu = _LEDGER.update(found)
     counts = per_target(found)
-    names = sorted({e["target"] for e in entries if e["target"]} | set(counts) | set(cpu))
+    names = sorted({e.target for e in entries if e.target} | set(counts) | set(cpu))
 
     def labels(name: str) -> str:
         target = BY_NAME.get(name)

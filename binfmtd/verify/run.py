@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from binfmtd.facts.host import DEFAULT_BINFMT_MISC, Host, read_host, read_kernel
+from binfmtd.report import Report
 from binfmtd.config import load_config
 from binfmtd.errors import HostUnsupported, UsageError
 from binfmtd.facts.interpreters import (DEFAULT_INTERPRETER_DIRS, describe_version, emulator_identity,
@@ -368,7 +369,7 @@ def pick_engine(name: str, workdir: str, image: str | None, timeout: float):
 
 
 @dataclass
-class VerifyReport:
+class VerifyReport(Report):
     engine: str
     results: list[dict]
     warnings: list[str]
@@ -383,7 +384,7 @@ class VerifyReport:
 
 def verify(names=(), all_targets=False, engine_name: str | None = None, image: str | None = None,
            config_file: str | None = None, timeout: float | None = None, binfmt_misc: str | None = None) -> VerifyReport:
-    from binfmtd.commands.change import desired_targets, resolve_targets
+    from binfmtd.config import desired_targets, resolve_targets
 
     config = load_config(config_file)
     engine_name = engine_name or (config.verify_engine if config else "auto")
