@@ -8,10 +8,10 @@ import stat
 
 from binfmtd.errors import UsageError
 from binfmtd.records import dataclass
+from binfmtd.verify import ENGINES
 
 DEFAULT_CONFIG = "/etc/binfmtd/binfmtd.toml"
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few lines; more is a wrong path (a log, a device), not a config
-ENGINES = ("auto", "sandbox", "docker", "podman", "nerdctl")
 
 
 def _strings(value) -> bool:
