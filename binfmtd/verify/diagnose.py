@@ -8,8 +8,9 @@ import os
 import re
 from functools import cached_property
 
+from binfmtd.entry import Entry
 from binfmtd.facts.host import Host
-from binfmtd.facts.interpreters import describe_version, emulator_identity, qemu_version, same_file
+from binfmtd.facts.interpreters import Interpreter, describe_version, emulator_identity, qemu_version, same_file
 from binfmtd.probes import parse_probe_output
 from binfmtd.records import dataclass
 from binfmtd.targets import Target
@@ -20,7 +21,7 @@ PULL_FAILED = re.compile(r"pull|manifest|not found|image not known|unauthorized|
                          r"initializing source|resolv|registry", re.I)
 
 
-def diagnose(target: Target, run: ProbeRun, host: Host, interpreter, engine: str, user_image: str | None,
+def diagnose(target: Target, run: ProbeRun, host: Host, interpreter: Interpreter, engine: str, user_image: str | None,
              ours: bool | None = None) -> dict:
     """The report for one target: what ran, what it said, and for a failure the cause and fix.
     `user_image` is the image --image named (None: binfmtd's probe); `ours` whether binfmtd
@@ -48,7 +49,7 @@ def diagnose(target: Target, run: ProbeRun, host: Host, interpreter, engine: str
     return result
 
 
-def emulator_that_ran(run: ProbeRun, entry) -> dict | None:
+def emulator_that_ran(run: ProbeRun, entry: Entry | None) -> dict | None:
     """The QEMU the kernel ran for the probe (seen through /proc/PID/exe: the sandbox engine, for
     an emulated target), and whether it is still the file at the entry's interpreter path."""
     if run.ran is None:
@@ -104,8 +105,8 @@ class Failure:
     target: Target
     run: ProbeRun
     host: Host
-    entry: object  # the target's binfmtd.entry.Entry, or None
-    interpreter: object  # binfmtd.facts.interpreters.Interpreter
+    entry: Entry | None  # the target's
+    interpreter: Interpreter  # the target's emulator as found on disk
     engine: str
     machine: str | None
     expected: set[str]
