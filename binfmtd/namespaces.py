@@ -65,8 +65,8 @@ def host_state_dirs() -> list[str]:
     return found
 
 
-# With `isolated`, a probe also gets its own PID (forked: it is not unshare itself), network, IPC
-# and host names: nothing of the host's but the binfmt_misc table reaches it.
+# With `isolated`, a probe also gets its own PID namespace (--fork: the probe, not unshare, is its
+# first process), network, IPC and host name: nothing of the host's but the binfmt_misc table.
 ISOLATED = ("--pid", "--fork", "--net", "--ipc", "--uts")
 
 
