@@ -15,11 +15,11 @@ from binfmtd.facts.interpreters import DEFAULT_INTERPRETER_DIRS
 from binfmtd.state import state_dir_from_env
 from binfmtd.targets import TARGETS, Target, lookup
 from binfmtd.records import dataclass
+from binfmtd.verify import ENGINES
 
 DEFAULT_CONFIG = "/etc/binfmtd/binfmtd.toml"
 DEFAULT_FLAGS = "POCF"  # as in the field: QEMU's qemu-binfmt-conf.sh --persistent, tonistiigi/binfmt
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few lines; more is a wrong path (a log, a device), not a config
-ENGINES = ("auto", "sandbox", "docker", "podman", "nerdctl")
 
 
 def _strings(value) -> bool:
@@ -71,6 +71,8 @@ class Settings:
     flags: str  # normalized
     flags_chosen: bool  # by --flags or the config, not the default
     interpreter_dirs: tuple[str, ...]
+    verify_engine: str
+    verify_timeout: float
 
 
 def resolve_settings(config_file: str | None = None, flags: str | None = None, binfmt_misc: str | None = None,
@@ -84,12 +86,13 @@ def settings_from(config: Config | None, flags: str | None = None, binfmt_misc: 
                   state_dir: str | None = None) -> Settings:
     """The settings with a config already loaded (or none). Flags: --flags, else the config's
     `flags` ("" meaning none, as `--flags ''`), else DEFAULT_FLAGS."""
-    chosen = flags if flags is not None else config.flags if config else None
+    values = config or Config("")  # no file: Config's defaults
+    chosen = flags if flags is not None else values.flags
     used = DEFAULT_FLAGS if chosen is None else chosen
     if problem := flags_problem(used):
         raise UsageError(f"--flags: {problem}")
     return Settings(config, *resolve_paths(binfmt_misc, state_dir), normalize_flags(used), chosen is not None,
-                    (config and config.interpreter_dirs) or DEFAULT_INTERPRETER_DIRS)
+                    values.interpreter_dirs or DEFAULT_INTERPRETER_DIRS, values.verify_engine, values.verify_timeout)
 
 
 def resolve_paths(binfmt_misc: str | None = None, state_dir: str | None = None) -> tuple[str, str]:

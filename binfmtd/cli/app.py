@@ -4,7 +4,6 @@ error types into exit codes. `apply` and `daemon` usually arrive through binfmtd
 
 from __future__ import annotations
 
-import math
 import sys
 from typing import List, Optional
 
@@ -15,6 +14,7 @@ from binfmtd import __version__, commands
 from binfmtd.cli.render import (fail, finish, render_change, render_check, render_export, render_processes,
                                 render_status, render_targets, render_text, render_verify, say, wants_json)
 from binfmtd.errors import EXIT_USAGE, BinfmtdError
+from binfmtd.verify import ENGINES, spoken
 
 app = typer.Typer(add_completion=True, no_args_is_help=True, rich_markup_mode=None,
                   pretty_exceptions_enable=False,
@@ -42,7 +42,6 @@ def _usage(pieces: str) -> type:
 
 
 WITH_TARGETS = _usage("[OPTIONS] [TARGET]...")
-ENGINES = ("auto", "sandbox", "docker", "podman", "nerdctl")
 # The argument's own help line would read "TARGET... <list[str]>" (typer prints the Python type):
 # each command's help says what TARGET is instead.
 TargetsArg = typer.Argument(None, metavar="TARGET", hidden=True, autocompletion=_complete_targets)
@@ -133,8 +132,8 @@ def verify_cmd(targets: Optional[List[str]] = TargetsArg,
                all_targets: bool = typer.Option(False, "--all", help="Every known target."),
                engine: Optional[str] = typer.Option(None, "--engine", metavar="ENGINE",
                                                     autocompletion=_completer(*ENGINES),
-                                                    help="Where probes run: auto, sandbox, docker, podman or "
-                                                    "nerdctl (default: the config's, else auto)."),
+                                                    help=f"Where probes run: {spoken(ENGINES)} (default: the "
+                                                    "config's, else auto)."),
                image: Optional[str] = typer.Option(None, "--image", metavar="REF",
                                                    help="Run `uname -m` in this image instead of binfmtd's probe."),
                timeout: Optional[float] = typer.Option(None, "--timeout", metavar="SECONDS",
@@ -147,18 +146,7 @@ def verify_cmd(targets: Optional[List[str]] = TargetsArg,
     TARGET: a QEMU target or a container platform (aarch64, arm64, linux/arm/v7, riscv64, ...)."""
     from binfmtd.verify.run import verify
 
-    if engine is not None and engine not in ENGINES:
-        _usage_error(f"--engine {engine!r}: expected auto, sandbox, docker, podman or nerdctl", as_json)
-    if timeout is not None and not (math.isfinite(timeout) and 1 <= timeout <= 600):
-        _usage_error(f"--timeout {timeout:g}: expected seconds per probe, 1 to 600", as_json)
-
-    def produce():
-        from binfmtd.metrics import record_verify
-
-        report = verify(targets or (), all_targets, engine, image, config, timeout)
-        record_verify(report)
-        return report
-    _exit(finish(produce, as_json, render_verify))
+    _exit(finish(lambda: verify(targets or (), all_targets, engine, image, config, timeout), as_json, render_verify))
 
 
 @app.command(cls=WITH_TARGETS)
