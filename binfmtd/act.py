@@ -11,7 +11,7 @@ from binfmtd.errors import BinfmtdError, HostUnsupported
 from binfmtd.facts.host import Kernel, read_entry
 from binfmtd.plan import REGISTERED, REMOVED, REPLACED, Action, Plan
 from binfmtd.records import dataclass, field
-from binfmtd.state import Intent, Owned, State, reconcile, save_state
+from binfmtd.state.ledger import Intent, Owned, State, reconcile, save_state
 
 MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
 

@@ -16,7 +16,8 @@ from binfmtd.facts.interpreters import DEFAULT_INTERPRETER_DIRS, Interpreter, ad
 from binfmtd.facts.native import read_native
 from binfmtd.plan import REMOVED, Desired, Plan, plan_apply, plan_remove
 from binfmtd.records import dataclass, field
-from binfmtd.state import State, load_state, locked, reconcile, state_dir_from_env
+from binfmtd.state.files import locked, state_dir_from_env
+from binfmtd.state.ledger import State, load_state, reconcile
 from binfmtd.targets import TARGETS, Target, lookup
 
 DEFAULT_FLAGS = "POCF"

@@ -18,7 +18,7 @@ from binfmtd import __version__
 from binfmtd.commands.change import desired_entries
 from binfmtd.entry import Entry, escape, normalize_flags
 from binfmtd.errors import BinfmtdError, UsageError
-from binfmtd.state import write_atomic
+from binfmtd.state.files import write_atomic
 from binfmtd.targets import TARGETS
 
 BINFMT_D, BINFMT_SUPPORT = "binfmt.d", "binfmt-support"

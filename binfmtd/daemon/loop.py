@@ -15,7 +15,8 @@ from binfmtd.daemon.drift import Watch, find_drift, read_table, stamp_emulators,
 from binfmtd.daemon.systemd import ERR, INFO, NOTICE, WARNING, Log, Notifier, Signals, watchdog_period
 from binfmtd.errors import EXIT_OK, BinfmtdError, HostUnsupported, UsageError
 from binfmtd.facts.interpreters import DEFAULT_INTERPRETER_DIRS
-from binfmtd.state import READY_FILE, State, load_state, touch_record
+from binfmtd.state.files import READY_FILE, touch_record
+from binfmtd.state.ledger import State, load_state
 
 DEFAULTS = Config("")
 LOCK_TIMEOUT = 5.0  # seconds an apply waits for another binfmtd's lock before retrying later

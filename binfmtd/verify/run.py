@@ -440,7 +440,8 @@ def emulator_that_ran(run: ProbeRun, entry) -> dict | None:
 def _owned_entries(host: Host) -> set[str]:
     """Names of the entries binfmtd registered (its state), for diagnoses; empty if unreadable."""
     from binfmtd.errors import BinfmtdError
-    from binfmtd.state import load_state, state_dir_from_env
+    from binfmtd.state.files import state_dir_from_env
+    from binfmtd.state.ledger import load_state
 
     try:
         state = load_state(state_dir_from_env())
