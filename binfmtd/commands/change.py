@@ -106,11 +106,11 @@ def _read_interpreters(targets, native, dirs, host: Host | None = None,
     def wants_version(t: Target) -> bool:
         current = host.binfmt_misc.entry(t.entry_name) if host else None
         return state is not None and (current is None or state.owns(current))
-    interpreters = {t.qemu: read_interpreter(t.qemu, dirs) for t in targets if t.name not in native}
+    pins = state.pins() if state is not None else ()
+    interpreters = {t.qemu: read_interpreter(t.qemu, dirs, pins) for t in targets if t.name not in native}
     if state is not None:
         add_versions([interpreters[t.qemu].identity for t in targets if t.qemu in interpreters and wants_version(t)
-                      and interpreters[t.qemu].problem is None],
-                     tuple(o.pinned for o in state.entries.values() if o.pinned))
+                      and interpreters[t.qemu].problem is None], pins)
     return interpreters
 
 
@@ -294,9 +294,8 @@ def read_emulators(entries, state: State) -> dict[str, tuple[dict | None, dict |
         owned = state.entries.get(entry.name) if state.owns(entry) else None
         pinned = owned.pinned if owned and "F" in entry.flags else None
         found[entry.name] = (pinned, emulator_identity(entry.interpreter, version=False))
-    pins = tuple(o.pinned for o in state.entries.values() if o.pinned)
     add_versions([disk for e in entries if (disk := found[e.name][1]) and target_of_entry(e)
-                  and safety_problem(e.interpreter) is None], pins)
+                  and safety_problem(e.interpreter) is None], state.pins())
     return found
 
 

@@ -59,6 +59,10 @@ class State:
         owned = self.entries.get(name)
         return owned.pinned if owned else None
 
+    def pins(self) -> tuple[dict, ...]:
+        """Every emulator file binfmtd's entries pinned, with the QEMU versions read then."""
+        return tuple(o.pinned for o in self.entries.values() if o.pinned)
+
     def owns(self, entry: Entry) -> bool:
         if registered_by_image(entry.interpreter):  # binfmtd's image, run without this state
             return True
