@@ -48,8 +48,7 @@ class Daemon:
     targets dropped from the config still to remove, the retry schedule and what was last
     logged and told systemd."""
 
-    def __init__(self, settings: Config, path: str, state_dir: str, log: Log, notify: Notifier,
-                 environ=None):
+    def __init__(self, settings: Config, path: str, state_dir: str, log: Log, notify: Notifier, environ=None):
         self.settings, self.path, self.state_dir, self.log, self.notify = settings, path, state_dir, log, notify
         self.watchdog = watchdog_period(environ if environ is not None else os.environ)
         self.watch = Watch()
@@ -124,8 +123,7 @@ class Daemon:
                      for r in report.results if r["action"] == "skipped" and r["target"] not in failing}
         problems |= {(ERR, f"no longer in the config, but not removed: {message}")
                      for message in self.removal_errors.values()}
-        textfile = self.settings.daemon_textfile
-        if textfile:
+        if textfile := self.settings.daemon_textfile:
             problems |= self._write_metrics(textfile)
         return problems
 
