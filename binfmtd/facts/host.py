@@ -255,4 +255,6 @@ def target_of_entry(entry: Entry) -> Target | None:
     matching = [t for t in TARGETS if entry.extension is None and entry.magic
                 and claims(entry.magic, entry.mask or b"\xff" * len(entry.magic), entry.offset, t.magic)]
     named = BY_ENTRY_NAME.get(entry.name)
-    return named if named in matching else matching[0] if len(matching) == 1 else None
+    if named in matching:  # a broad mask may claim several targets: its own name decides
+        return named
+    return matching[0] if len(matching) == 1 else None
