@@ -1,17 +1,25 @@
-"""The config file ($BINFMTD_CONFIG, default /etc/binfmtd/binfmtd.toml): what the host should
-look like. Every error names the file, the line, the key and what is allowed."""
+"""Settings: the config file ($BINFMTD_CONFIG, default /etc/binfmtd/binfmtd.toml), what the host
+should look like, and the one resolver of what a command runs with (arguments, environment,
+config file, defaults: in that order, here only). Every config error names the file, the line,
+the key and what is allowed."""
 
 from __future__ import annotations
 
 import os
 import stat
 
+from binfmtd.entry import flags_problem, normalize_flags
 from binfmtd.errors import UsageError
+from binfmtd.facts.host import DEFAULT_BINFMT_MISC
+from binfmtd.facts.interpreters import DEFAULT_INTERPRETER_DIRS
+from binfmtd.state.files import state_dir_from_env
+from binfmtd.targets import TARGETS, Target, lookup
 from binfmtd.records import dataclass
+from binfmtd.verify import ENGINES
 
 DEFAULT_CONFIG = "/etc/binfmtd/binfmtd.toml"
+DEFAULT_FLAGS = "POCF"  # as in the field: QEMU's qemu-binfmt-conf.sh --persistent, tonistiigi/binfmt
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few lines; more is a wrong path (a log, a device), not a config
-ENGINES = ("auto", "sandbox", "docker", "podman", "nerdctl")
 
 
 def _strings(value) -> bool:
@@ -51,6 +59,81 @@ class Config:
     daemon_textfile: str | None = None
     verify_engine: str = "auto"
     verify_timeout: float = 20.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a command runs with, resolved once by resolve_settings."""
+
+    config: Config | None
+    binfmt_misc: str  # where binfmt_misc is mounted
+    state_dir: str
+    flags: str  # normalized
+    flags_chosen: bool  # by --flags or the config, not the default
+    interpreter_dirs: tuple[str, ...]
+    verify_engine: str
+    verify_timeout: float
+
+
+def resolve_settings(config_file: str | None = None, flags: str | None = None, binfmt_misc: str | None = None,
+                     state_dir: str | None = None) -> Settings:
+    """The settings from `config_file`'s config, else $BINFMTD_CONFIG's, else the default
+    file's if there is one (settings_from says the rest)."""
+    return settings_from(load_config(config_file), flags, binfmt_misc, state_dir)
+
+
+def settings_from(config: Config | None, flags: str | None = None, binfmt_misc: str | None = None,
+                  state_dir: str | None = None) -> Settings:
+    """The settings with a config already loaded (or none). Flags: --flags, else the config's
+    `flags` ("" meaning none, as `--flags ''`), else DEFAULT_FLAGS."""
+    values = config or Config("")  # no file: Config's defaults
+    chosen = flags if flags is not None else values.flags
+    used = DEFAULT_FLAGS if chosen is None else chosen
+    if problem := flags_problem(used):
+        raise UsageError(f"--flags: {problem}")
+    return Settings(config, *resolve_paths(binfmt_misc, state_dir), normalize_flags(used), chosen is not None,
+                    values.interpreter_dirs or DEFAULT_INTERPRETER_DIRS, values.verify_engine, values.verify_timeout)
+
+
+def resolve_paths(binfmt_misc: str | None = None, state_dir: str | None = None) -> tuple[str, str]:
+    """Where binfmt_misc is mounted and binfmtd's state directory ($BINFMTD_STATE_DIR)."""
+    return binfmt_misc or DEFAULT_BINFMT_MISC, state_dir or state_dir_from_env()
+
+
+def resolve_targets(names: list[str] | tuple[str, ...]) -> tuple[Target, ...]:
+    """Targets from target names or platforms, in the table's order, without duplicates."""
+    chosen, unknown = set(), []
+    for name in names:
+        if name.lower() == "all":
+            chosen.update(t.name for t in TARGETS)
+        elif target := lookup(name):
+            chosen.add(target.name)
+        else:
+            unknown.append(name)
+    if unknown:
+        raise UsageError(f"unknown target or platform {', '.join(map(repr, unknown))}; "
+                         "`binfmtd targets` lists them (e.g. aarch64 or linux/arm64)")
+    return tuple(t for t in TARGETS if t.name in chosen)
+
+
+def refuse_targets_with_all(names, all_targets: bool) -> None:
+    if names and all_targets:
+        raise UsageError(f"both targets ({' '.join(names)}) and --all given; name the targets or pass --all, "
+                         "not both")
+
+
+def desired_targets(names, all_targets: bool, config: Config | None,
+                    native: tuple[str, ...]) -> tuple[tuple[Target, ...], bool]:
+    """Which targets a command is about, and whether the user named them: arguments, else
+    `--all`, else the config's targets, else every target this host cannot run natively."""
+    refuse_targets_with_all(names, all_targets)
+    if names:
+        return resolve_targets(names), True
+    if all_targets:
+        return TARGETS, False
+    if config and config.targets is not None:
+        return resolve_targets(config.targets), False
+    return tuple(t for t in TARGETS if t.name not in native), False
 
 
 def config_path(explicit: str | None) -> tuple[str, bool]:
@@ -135,8 +218,6 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         values[f"{table}_{key}" if table else key] = tuple(value) if isinstance(value, list) else value
     if values.get("targets") == "all":
         values["targets"] = ("all",)
-    from binfmtd.targets import lookup
-
     unknown = [t for t in values.get("targets", ()) if t.lower() != "all" and lookup(t) is None]
     if unknown:
         raise UsageError(f"{path}:{_line_of(text, '', 'targets')}: targets: unknown target or platform "

@@ -7,8 +7,9 @@ from __future__ import annotations
 import json
 
 from binfmtd import commands
+from binfmtd.config import resolve_paths
 from binfmtd.errors import BinfmtdError
-from binfmtd.state.files import VERIFY_FILE, open_state_dir, read_record, state_dir_from_env, write_atomic, write_record
+from binfmtd.state.files import VERIFY_FILE, open_state_dir, read_record, write_atomic, write_record
 from binfmtd.state.ledger import load_state
 from binfmtd.targets import TARGETS
 
@@ -18,7 +19,7 @@ def record_verify(report, state_dir: str | None = None) -> None:
     by a user who cannot write the state directory simply is not recorded)."""
     import time
 
-    state_dir = state_dir or state_dir_from_env()
+    state_dir = resolve_paths(state_dir=state_dir)[1]
     data = {"time": time.time(), "engine": report.engine, "results": {r["target"]: r["ok"] for r in report.results}}
     try:
         open_state_dir(state_dir)  # the rules apply's writes follow: root's, root-only, or nothing
@@ -44,54 +45,63 @@ def _labels(**labels: str | None) -> str:
 
 
 def prometheus_text(binfmt_misc: str | None = None, state_dir: str | None = None) -> str:
-    state_dir = state_dir or state_dir_from_env()
+    state_dir = resolve_paths(state_dir=state_dir)[1]
     status = commands.status(binfmt_misc, state_dir)
-    by_target = {e["target"]: e for e in status["entries"] if e["target"] and e["name"] == f"qemu-{e['target']}"}
+    misc = status.binfmt_misc
+    lines = [*_gauge("binfmtd_binfmt_misc_mounted", "Whether binfmt_misc is mounted.", [("", int(misc.mounted))]),
+             *_gauge("binfmtd_binfmt_misc_enabled", "Whether binfmt_misc is enabled as a whole.",
+                     [("", int(misc.enabled))])]
+    lines += _entry_gauges(status.entries)
     verified = _last_verify(state_dir)
-    lines: list[str] = []
+    results = verified.get("results", {})
+    lines += _gauge("binfmtd_target_verified", "Whether the target's probe passed in the last binfmtd verify.",
+                    [(_labels(target=name, platform=target.platform), int(ok))
+                     for target in TARGETS for name, ok in results.items() if name == target.name])
+    lines += emulation_metrics(status.entries)
+    lines += _time_gauges(state_dir, verified.get("time"))
+    return "\n".join(lines) + "\n"
 
-    def gauge(name: str, help_text: str, samples: list[tuple[str, float]]) -> None:
-        lines.append(f"# HELP {name} {help_text}")
-        lines.append(f"# TYPE {name} gauge")
-        lines.extend(f"{name}{labels} {value!r}" for labels, value in samples)
 
-    misc = status["binfmt_misc"]
-    gauge("binfmtd_binfmt_misc_mounted", "Whether binfmt_misc is mounted.", [("", int(misc["mounted"]))])
-    gauge("binfmtd_binfmt_misc_enabled", "Whether binfmt_misc is enabled as a whole.", [("", int(misc["enabled"]))])
+def _gauge(name: str, help_text: str, samples: list[tuple[str, float]]) -> list[str]:
+    return [f"# HELP {name} {help_text}", f"# TYPE {name} gauge",
+            *(f"{name}{labels} {value!r}" for labels, value in samples)]
+
+
+def _entry_gauges(entries: list) -> list[str]:
+    """Per target: whether its qemu-<target> entry is registered, enabled, and what it runs."""
+    by_target = {e.target: e for e in entries if e.target and e.name == f"qemu-{e.target}"}
     registered, enabled = [], []
     for target in TARGETS:
         entry = by_target.get(target.name)
-        labels = _labels(target=target.name, platform=target.platform, owner=entry["owner"] if entry else None)
+        labels = _labels(target=target.name, platform=target.platform, owner=entry.owner if entry else None)
         registered.append((labels, int(entry is not None)))
-        enabled.append((labels, int(bool(entry and entry["enabled"]))))
-    gauge("binfmtd_entry_registered", "Whether binfmt_misc has the target's qemu-<target> entry.", registered)
-    gauge("binfmtd_entry_enabled", "Whether the target's entry is registered and enabled.", enabled)
-    gauge("binfmtd_entry_info", "The target's entry: who owns it, the QEMU version it runs and its emulator's "
-          "drift (replaced or removed on disk since registration; empty: none).",
-          [(_labels(target=t.name, platform=t.platform, owner=e["owner"], qemu_version=e["qemu_version"],
-                    drift=e["emulator"]["drift"]), 1)
-           for t in TARGETS if (e := by_target.get(t.name))])
-    results = verified.get("results", {})
-    gauge("binfmtd_target_verified", "Whether the target's probe passed in the last binfmtd verify.",
-          [(_labels(target=name, platform=target.platform), int(ok))
-           for target in TARGETS for name, ok in results.items() if name == target.name])
-    lines.extend(emulation_metrics(status["entries"]))
+        enabled.append((labels, int(bool(entry and entry.enabled))))
+    return [*_gauge("binfmtd_entry_registered", "Whether binfmt_misc has the target's qemu-<target> entry.",
+                    registered),
+            *_gauge("binfmtd_entry_enabled", "Whether the target's entry is registered and enabled.", enabled),
+            *_gauge("binfmtd_entry_info", "The target's entry: who owns it, the QEMU version it runs and its "
+                    "emulator's drift (replaced or removed on disk since registration; empty: none).",
+                    [(_labels(target=t.name, platform=t.platform, owner=e.owner, qemu_version=e.qemu_version,
+                              drift=e.emulator.drift), 1)
+                     for t in TARGETS if (e := by_target.get(t.name))])]
+
+
+def _time_gauges(state_dir: str, last_verify: float | None) -> list[str]:
+    """When apply last completed and verify last ran; each left out while unknown."""
     try:
         last_apply = load_state(state_dir).last_apply
-    except BinfmtdError:  # status above already said why; the other samples are still true
+    except BinfmtdError:  # status already said why; the other samples are still true
         last_apply = None
     times = [("binfmtd_last_apply_timestamp_seconds", "When binfmtd apply last completed.", last_apply),
-             ("binfmtd_last_verify_timestamp_seconds", "When binfmtd verify last ran.", verified.get("time"))]
-    for name, help_text, value in times:
-        if value is not None:
-            gauge(name, help_text, [("", value)])
-    return "\n".join(lines) + "\n"
+             ("binfmtd_last_verify_timestamp_seconds", "When binfmtd verify last ran.", last_verify)]
+    return [line for name, help_text, value in times if value is not None
+            for line in _gauge(name, help_text, [("", value)])]
 
 
 _LEDGER = None  # the daemon's CPU ledger: kept across its scrapes so the counter only grows
 
 
-def emulation_metrics(entries: list[dict]) -> list[str]:
+def emulation_metrics(entries: list) -> list[str]:
     """Per target: how many processes run under emulation now, and the CPU seconds they used (a
     counter in the daemon, which keeps the ledger; see binfmtd.processes.CpuLedger). Every target
     with an entry has a sample, 0 when nothing runs under it; entries of no QEMU target (jar,
@@ -101,13 +111,13 @@ def emulation_metrics(entries: list[dict]) -> list[str]:
     from binfmtd.facts.processes import CpuLedger, per_target, read_emulated
     from binfmtd.targets import BY_NAME
 
-    table = [Entry(e["name"], e["interpreter"], e["flags"], e["offset"], bytes.fromhex(e["magic"] or ""),
-                   bytes.fromhex(e["mask"] or ""), e["enabled"]) for e in entries if e["target"]]
+    table = [Entry(e.name, e.interpreter, e.flags, e.offset, bytes.fromhex(e.magic or ""),
+                   bytes.fromhex(e.mask or ""), e.enabled) for e in entries if e.target]
     found = read_emulated(table)
     _LEDGER = _LEDGER or CpuLedger()
     cpu = _LEDGER.update(found)
     counts = per_target(found)
-    names = sorted({e["target"] for e in entries if e["target"]} | set(counts) | set(cpu))
+    names = sorted({e.target for e in entries if e.target} | set(counts) | set(cpu))
 
     def labels(name: str) -> str:
         target = BY_NAME.get(name)

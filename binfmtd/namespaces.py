@@ -65,10 +65,24 @@ def host_state_dirs() -> list[str]:
     return found
 
 
+# With `isolated`, a probe also gets its own PID namespace (--fork: the probe, not unshare, is its
+# first process), network, IPC and host name: nothing of the host's but the binfmt_misc table.
+ISOLATED = ("--pid", "--fork", "--net", "--ipc", "--uts")
+
+
+def unshare_argv(command: list[str], map_root_user: bool = True, isolated: bool = False) -> list[str]:
+    """unshare(1)'s command line running `command` in a new user and mount namespace: the one recipe
+    for the sandbox, the native probe and verify's sandbox. `map_root_user`: root inside is the
+    caller outside (False: the parent writes the id maps). Mounts made inside never propagate out
+    (unshare's default since util-linux 2.27, said explicitly)."""
+    ids = ["--map-root-user"] if map_root_user else []
+    return ["unshare", "--user", *ids, "--mount", *(ISOLATED if isolated else ()), "--propagation", "private",
+            *command]
+
+
 def sandbox_argv(command: list[str], state_dir: str, hide: list[str], map_all: bool) -> list[str]:
-    ids = [] if map_all else ["--map-root-user"]
-    return ["unshare", "--user", *ids, "--mount", "--propagation", "private", "sh", "-c", SETUP, "binfmtd-sandbox",
-            state_dir, str(len(hide)), *hide, *command]
+    return unshare_argv(["sh", "-c", SETUP, "binfmtd-sandbox", state_dir, str(len(hide)), *hide, *command],
+                        map_root_user=not map_all)
 
 
 def run_in_sandbox(command: list[str]) -> int:

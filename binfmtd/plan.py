@@ -3,6 +3,8 @@ run (--check) is the same computation as the real one and always truthful."""
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 from binfmtd.entry import Entry, normalize_flags, parse_register_line
 from binfmtd.facts.host import Host
 from binfmtd.image import registered_by_image
@@ -11,13 +13,23 @@ from binfmtd.records import dataclass, field, replace
 from binfmtd.state.ledger import State
 from binfmtd.targets import Target
 
-REGISTERED, REPLACED, REMOVED, UNCHANGED, SKIPPED = "registered", "replaced", "removed", "unchanged", "skipped"
+class Kind(StrEnum):
+    """What an action does to its target's entry (the `action` of apply's and remove's JSON)."""
+
+    REGISTERED = "registered"
+    REPLACED = "replaced"
+    REMOVED = "removed"
+    UNCHANGED = "unchanged"
+    SKIPPED = "skipped"
+
+
+REGISTERED, REPLACED, REMOVED, UNCHANGED, SKIPPED = Kind
 
 
 @dataclass(frozen=True)
 class Desired:
     targets: tuple[Target, ...]
-    flags: str = "POCF"
+    flags: str
     explicit: bool = False  # targets named by the user: a missing interpreter is then an error
     force: bool = False
     # entry names the caller knows were binfmtd's until someone changed them (the daemon saw its
@@ -26,10 +38,10 @@ class Desired:
     flags_chosen: bool = False  # flags from --flags or the config, not the default
 
 
-@dataclass
+@dataclass(frozen=True)
 class Action:
     target: Target
-    action: str
+    action: Kind
     reason: str
     interpreter: str | None = None
     flags: str = ""
@@ -37,13 +49,13 @@ class Action:
     old: Entry | None = None  # to remove first
     restore: Entry | None = None  # a foreign entry to put back after removing ours
     take_over: Entry | None = None  # a foreign entry --force replaces: remembered for restore
-    error: str | None = None  # planned failure: nothing is done for this target
+    error: str | None = None  # planned failure (always SKIPPED): nothing is done for this target
     forget: bool = False  # no entry in the kernel: drop binfmtd's record of it (remove)
     pin: dict | None = None  # the emulator file `new` makes the kernel open (recorded once registered)
 
     @property
     def changes(self) -> bool:
-        return self.error is None and self.action not in (UNCHANGED, SKIPPED)
+        return self.action not in (UNCHANGED, SKIPPED)
 
 
 @dataclass
@@ -72,7 +84,7 @@ def plan_apply(desired: Desired, host: Host, interpreters: dict[str, Interpreter
     for target in desired.targets:
         action = _plan_target(target, flags, desired, host, interpreters.get(target.qemu, Interpreter(None)), state)
         if action.action == REMOVED:
-            _put_back_taken_over(action, state, restore_problem)
+            action = _put_back_taken_over(action, state, restore_problem)
         plan.actions.append(action)
     # The default's C is a surprise worth one warning when binfmtd first registers an entry with
     # it; the operator who chose the flags, and every later run, need not read it again.
@@ -89,6 +101,11 @@ def plan_apply(desired: Desired, host: Host, interpreters: dict[str, Interpreter
     return plan
 
 
+def target_entry(target: Target, interpreter: Interpreter, flags: str) -> Entry:
+    """The entry binfmtd registers for `target`, handing its binaries to `interpreter`."""
+    return Entry(target.entry_name, interpreter.resolved, flags, 0, target.magic, target.mask)
+
+
 def _plan_target(target: Target, flags: str, desired: Desired, host: Host,
                  interpreter: Interpreter, state: State) -> Action:
     name = target.entry_name
@@ -98,56 +115,59 @@ def _plan_target(target: Target, flags: str, desired: Desired, host: Host,
                       flags=flags)
     # The interpreter's verdict is interpreters.read_interpreter's alone (check shows the same).
     if interpreter.path is None:
-        # binfmtd's entry whose emulator is gone from disk; not one its image registered, whose
-        # emulator only ever lived in the container (the kernel holds it with F)
-        if current is not None and state.owns(current) and current.name in host.vanished \
-                and not registered_by_image(current.interpreter):
-            return _remove_vanished(target, current, state)
-        reason = f"no interpreter: {interpreter.problem}; {interpreter.fix}"
-        if target.removed_in:  # say so, or the sysadmin goes looking for a package that cannot exist
-            reason += f" (QEMU {target.removed_in} and later have no {target.name} emulator)"
-        if current is not None and current.enabled and "F" in current.flags and current.name in host.vanished:
-            reason += (f"; entry {name} (not binfmtd's) keeps running the emulator it pinned at registration, "
-                       "removed from disk since")
-        return Action(target, SKIPPED, reason, flags=flags, error=reason if desired.explicit else None)
-    base = Action(target, UNCHANGED, "", interpreter.resolved or interpreter.path, flags)
+        return _no_interpreter(target, flags, desired, host, interpreter, state)
+    path = interpreter.resolved or interpreter.path
     if interpreter.problem:
-        base.action, base.reason = SKIPPED, f"interpreter refused: {interpreter.described}"
-        base.error = f"{name}: interpreter {interpreter.described}; {interpreter.fix}"
-        return base
-    new = Entry(name, interpreter.resolved, flags, 0, target.magic, target.mask)
+        return Action(target, SKIPPED, f"interpreter refused: {interpreter.described}", path, flags,
+                      error=f"{name}: interpreter {interpreter.described}; {interpreter.fix}")
+    new = target_entry(target, interpreter, flags)
     if problem := new.problem(host.kernel.magic_size_limit):
-        base.action, base.reason, base.error = SKIPPED, problem, problem
-        return base
-    base.new, base.pin = new, interpreter.identity
+        return Action(target, SKIPPED, problem, path, flags, error=problem)
     if current is None:
-        base.action, base.reason = REGISTERED, "not registered"
-        return base
+        return Action(target, REGISTERED, "not registered", path, flags, new=new, pin=interpreter.identity)
     ours = state.owns(current) or name in desired.reclaim
     if current.same_registration(new) and current.enabled:
-        pinned = state.pinned(name) if ours else None
-        if pinned and "F" in current.flags and not same_file(pinned, interpreter.identity):
-            base.action, base.old = REPLACED, current
-            base.reason = (f"pinned {describe_version(pinned)} (replaced on disk by "
-                           f"{describe_version(interpreter.identity)}): re-registered to use it")
-            return base
-        base.new = None
-        base.reason = "registered by binfmtd, as desired" if ours else "already registered as desired (by another tool)"
-        return base
+        return _same_registration(target, new, current, ours, interpreter, state)
     if not ours and not desired.force:
-        base.action, base.new = SKIPPED, None
-        base.reason = (f"entry {name} was registered by another tool ({current.interpreter}, flags "
-                       f"{current.flags or '-'}{', disabled' if not current.enabled else ''}); pass --force to take it over")
-        return base
-    base.action, base.old = REPLACED, current
-    if not current.enabled:
-        base.reason = "entry was disabled"
-    else:
-        base.reason = "entry differs: " + ", ".join(_differences(current, new))
+        return Action(target, SKIPPED, f"entry {name} was registered by another tool ({current.interpreter}, "
+                      f"flags {current.flags or '-'}{', disabled' if not current.enabled else ''}); pass --force "
+                      "to take it over", path, flags)
+    reason = "entry was disabled" if not current.enabled else "entry differs: " + ", ".join(_differences(current, new))
     if not ours:
-        base.take_over = current
-        base.reason += "; taken over from another tool (--force), kept for restore on remove"
-    return base
+        reason += "; taken over from another tool (--force), kept for restore on remove"
+    return Action(target, REPLACED, reason, path, flags, new=new, old=current,
+                  take_over=None if ours else current, pin=interpreter.identity)
+
+
+def _no_interpreter(target: Target, flags: str, desired: Desired, host: Host, interpreter: Interpreter,
+                    state: State) -> Action:
+    current = host.binfmt_misc.entry(target.entry_name)
+    vanished = current is not None and current.name in host.vanished
+    # binfmtd's entry whose emulator is gone from disk; not one its image registered, whose
+    # emulator only ever lived in the container (the kernel holds it with F)
+    if vanished and state.owns(current) and not registered_by_image(current.interpreter):
+        return _remove_vanished(target, current, state)
+    reason = f"no interpreter: {interpreter.problem}; {interpreter.fix}"
+    if target.removed_in:  # say so, or the sysadmin goes looking for a package that cannot exist
+        reason += f" (QEMU {target.removed_in} and later have no {target.name} emulator)"
+    if vanished and current.enabled and "F" in current.flags:
+        reason += (f"; entry {current.name} (not binfmtd's) keeps running the emulator it pinned at registration, "
+                   "removed from disk since")
+    return Action(target, SKIPPED, reason, flags=flags, error=reason if desired.explicit else None)
+
+
+def _same_registration(target: Target, new: Entry, current: Entry, ours: bool, interpreter: Interpreter,
+                       state: State) -> Action:
+    """The kernel has the entry as desired; binfmtd's own F entry may still pin an emulator file
+    that was replaced on disk since (an upgrade): then it is registered again."""
+    path, flags = interpreter.resolved or interpreter.path, new.flags
+    pinned = state.pinned(current.name) if ours else None
+    if pinned and "F" in current.flags and not same_file(pinned, interpreter.identity):
+        reason = (f"pinned {describe_version(pinned)} (replaced on disk by "
+                  f"{describe_version(interpreter.identity)}): re-registered to use it")
+        return Action(target, REPLACED, reason, path, flags, new=new, old=current, pin=interpreter.identity)
+    reason = "registered by binfmtd, as desired" if ours else "already registered as desired (by another tool)"
+    return Action(target, UNCHANGED, reason, path, flags)
 
 
 def _remove_vanished(target: Target, current: Entry, state: State) -> Action:
@@ -159,18 +179,16 @@ def _remove_vanished(target: Target, current: Entry, state: State) -> Action:
                   current.interpreter, current.flags, old=current)
 
 
-def _put_back_taken_over(action: Action, state: State, restore_problem) -> None:
+def _put_back_taken_over(action: Action, state: State, restore_problem) -> Action:
     """A removal of binfmtd's entry puts back the entry --force had taken over, exactly as it was
     (enabled or not), unless `restore_problem` finds it unsafe now."""
     owned = state.entries.get(action.target.entry_name)
     if not (owned and owned.replaced):
-        return
+        return action
     restore = replace(parse_register_line(owned.replaced), enabled=owned.replaced_enabled)
     if problem := restore_problem(restore):
-        action.reason += f"; the entry it had taken over is not put back: {problem}"
-    else:
-        action.restore = restore
-        action.reason += "; the entry it had taken over is put back"
+        return replace(action, reason=action.reason + f"; the entry it had taken over is not put back: {problem}")
+    return replace(action, restore=restore, reason=action.reason + "; the entry it had taken over is put back")
 
 
 def _differences(current: Entry, new: Entry) -> list[str]:
@@ -223,15 +241,13 @@ def plan_remove(targets: tuple[Target, ...], host: Host, state: State, force: bo
         current = host.binfmt_misc.entry(target.entry_name)
         if current is None:
             plan.actions.append(Action(target, UNCHANGED, "not registered", forget=True))
-            continue
-        action = Action(target, REMOVED, "", current.interpreter, current.flags, old=current)
-        if state.owns(current):
-            action.reason = "registered by binfmtd"
-            _put_back_taken_over(action, state, restore_problem)
+        elif state.owns(current):
+            removal = Action(target, REMOVED, "registered by binfmtd", current.interpreter, current.flags, old=current)
+            plan.actions.append(_put_back_taken_over(removal, state, restore_problem))
         elif force:
-            action.reason = "registered by another tool; removed because of --force"
+            plan.actions.append(Action(target, REMOVED, "registered by another tool; removed because of --force",
+                                       current.interpreter, current.flags, old=current))
         else:
-            action.action, action.old = SKIPPED, None
-            action.reason = "registered by another tool; pass --force to remove it"
-        plan.actions.append(action)
+            plan.actions.append(Action(target, SKIPPED, "registered by another tool; pass --force to remove it",
+                                       current.interpreter, current.flags))
     return plan

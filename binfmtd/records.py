@@ -112,3 +112,14 @@ def _bind(title: str, fields: dict[str, _Field], args: tuple, kwargs: dict) -> l
 
 def _refuse(self, name, *value):
     raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+
+def plain(value):
+    """A record, and the records, lists and dicts in it, as JSON's values (fields in order)."""
+    if hasattr(value, "__record_fields__"):
+        return {name: plain(getattr(value, name)) for name in value.__record_fields__}
+    if isinstance(value, (list, tuple)):
+        return [plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: plain(item) for key, item in value.items()}
+    return value

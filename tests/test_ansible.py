@@ -379,6 +379,19 @@ def test_module_imports_and_its_argument_spec_is_its_documentation():
     assert all(o["description"] for o in documented.values())
 
 
+def test_the_engine_choices_are_binfmtds_engines():
+    """The module runs on the managed host, where binfmtd may be missing, so it cannot import
+    binfmtd's engine list: its choices, their documentation and the role's repeat it and must agree."""
+    import yaml
+
+    from binfmtd.verify import ENGINES
+
+    role = yaml.safe_load((ROLE / "meta" / "argument_specs.yml").read_text())["argument_specs"]["main"]["options"]
+    assert load_module().ARGUMENT_SPEC["verify_engine"]["choices"] == list(ENGINES)
+    assert load_module_yaml("DOCUMENTATION")["options"]["verify_engine"]["choices"] == list(ENGINES)
+    assert role["binfmtd_verify_engine"]["choices"] == list(ENGINES)
+
+
 def test_examples_use_only_documented_options():
     options = set(load_module_yaml("DOCUMENTATION")["options"])
     examples = load_module_yaml("EXAMPLES")

@@ -1,5 +1,5 @@
 """binfmtd's image as a drop-in for tonistiigi/binfmt and multiarch/qemu-user-static
-(binfmtd/compat.py, the image's entrypoint).
+(binfmtd/compat/, the image's entrypoint).
 
 First in a private binfmt_misc (a fresh user namespace: the `ns` fixture), the languages
 themselves; then on the host's table, the image as CI uses it: docker/setup-qemu-action's own
@@ -22,7 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from binfmtd.compat import language_of, parse_multiarch, parse_tonistiigi
+from binfmtd.compat.__main__ import language_of
+from binfmtd.compat.multiarch import parse_multiarch
+from binfmtd.compat.tonistiigi import parse_tonistiigi
 from binfmtd.entry import parse_entry
 from binfmtd.errors import UsageError
 from binfmtd.image import EMULATOR_DIR, registered_by_image

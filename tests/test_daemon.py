@@ -627,17 +627,17 @@ def test_the_tick_and_status_read_the_table_through_one_reader(ns):
 
 
 def test_desired_state_comes_from_the_apply_and_the_state_not_from_the_table():
-    from binfmtd.commands.change import ChangeReport
+    from binfmtd.commands.change import ChangeError, ChangeReport, ChangeResult
+    from binfmtd.plan import Kind
     from binfmtd.state.ledger import Owned, State
 
     def result(target, action, interpreter=f"/usr/bin/qemu-{FIRST}-static", reason=""):
-        return {"target": target, "platform": None, "name": f"qemu-{target}", "action": action,
-                "reason": reason, "interpreter": interpreter, "flags": "POCF"}
+        return ChangeResult(target, None, f"qemu-{target}", Kind(action), reason, interpreter, "POCF")
 
     mine = Entry(f"qemu-{FIRST}", f"/usr/bin/qemu-{FIRST}-static", "POCF", 0, lookup(FIRST).magic, lookup(FIRST).mask)
     report = ChangeReport(False, [result(FIRST, "unchanged"), result(SECOND, "unchanged"), result(THIRD, "skipped"),
                                   result("arm", "skipped", interpreter=None), result("mips", "skipped")],
-                          [{"target": "mips", "message": "unsafe"}], False)
+                          [ChangeError("mips", "unsafe")], False)
     watch = watch_from_report(report, State({mine.name: Owned(mine.register_line())}), "enabled")
     assert set(watch.entries) == {f"qemu-{FIRST}", f"qemu-{SECOND}"}  # kept as configured
     assert watch.owned == {f"qemu-{FIRST}"}  # the state records it: binfmtd's; SECOND is another tool's as desired

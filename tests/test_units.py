@@ -14,7 +14,7 @@ import pytest
 from conftest import BINFMT_MISC, BINFMTD, ROOT, need, qemu
 from test_apply import DUMP_ENTRIES, kernel_entries
 
-from binfmtd.commands.change import DEFAULT_FLAGS
+from binfmtd.config import DEFAULT_FLAGS
 from binfmtd.config import SCHEMA, Config, parse_config
 from binfmtd.facts.interpreters import DEFAULT_INTERPRETER_DIRS
 from binfmtd.probes import build_probe

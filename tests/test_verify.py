@@ -18,7 +18,8 @@ from binfmtd.entry import Entry
 from binfmtd.facts.interpreters import Interpreter
 from binfmtd.probes import MARKER
 from binfmtd.targets import BY_NAME
-from binfmtd.verify.run import ProbeRun, _probe_answered, _run, diagnose
+from binfmtd.verify.diagnose import diagnose
+from binfmtd.verify.probe_run import ProbeRun, probe_answered, run_bounded
 
 from conftest import BINFMT_MISC, BINFMTD, ROOT, host_table, need, qemu, set_aside
 
@@ -239,14 +240,14 @@ def test_the_timeout_bounds_the_answer_and_then_the_engine():
     """Real processes standing for an engine: one that never answers is stopped at the timeout
     and fails; one that answers at once and then lingers is stopped a timeout later and passes,
     named as a slow engine."""
-    silent = _run(["sh", "-c", "exec sleep 30"], 1.0, answer=_probe_answered)
+    silent = run_bounded(["sh", "-c", "exec sleep 30"], 1.0, answer=probe_answered)
     assert silent.returncode is None and silent.answered is None and not silent.succeeded
     assert 1.0 <= silent.seconds < 5 and silent.slow_engine(1.0) is None
-    lingering = _run(["sh", "-c", f"echo '{MARKER}aarch64'; exec sleep 30"], 1.0, answer=_probe_answered)
+    lingering = run_bounded(["sh", "-c", f"echo '{MARKER}aarch64'; exec sleep 30"], 1.0, answer=probe_answered)
     assert lingering.returncode is None and lingering.succeeded and lingering.answered < 1.0
     assert 1.0 + lingering.answered <= lingering.seconds < 5
     assert "was still running after" in lingering.slow_engine(1.0)
-    quick = _run(["sh", "-c", f"echo '{MARKER}aarch64'"], 1.0, answer=_probe_answered)
+    quick = run_bounded(["sh", "-c", f"echo '{MARKER}aarch64'"], 1.0, answer=probe_answered)
     assert quick.returncode == 0 and quick.succeeded and quick.slow_engine(1.0) is None
 
 

@@ -4,7 +4,6 @@ error types into exit codes. `apply` and `daemon` usually arrive through binfmtd
 
 from __future__ import annotations
 
-import math
 import sys
 from typing import List, Optional
 
@@ -12,9 +11,10 @@ import typer
 import typer.core
 
 from binfmtd import __version__, commands
-from binfmtd.cli.boot import check_exit_code, produce_status
-from binfmtd.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, BinfmtdError
-from binfmtd.cli.render import fail, finish, finish_change, say, table, wants_json
+from binfmtd.cli.render import (fail, finish, render_change, render_check, render_export, render_processes,
+                                render_status, render_targets, render_text, render_verify, say, wants_json)
+from binfmtd.errors import EXIT_USAGE, BinfmtdError
+from binfmtd.verify import ENGINES, spoken
 
 app = typer.Typer(add_completion=True, no_args_is_help=True, rich_markup_mode=None,
                   pretty_exceptions_enable=False,
@@ -42,7 +42,6 @@ def _usage(pieces: str) -> type:
 
 
 WITH_TARGETS = _usage("[OPTIONS] [TARGET]...")
-ENGINES = ("auto", "sandbox", "docker", "podman", "nerdctl")
 # The argument's own help line would read "TARGET... <list[str]>" (typer prints the Python type):
 # each command's help says what TARGET is instead.
 TargetsArg = typer.Argument(None, metavar="TARGET", hidden=True, autocompletion=_complete_targets)
@@ -71,8 +70,8 @@ def apply(targets: Optional[List[str]] = TargetsArg,
     """Register the entries (idempotent). With no TARGET: the config's targets, else every non-native one.
 
     TARGET: a QEMU target or a container platform (aarch64, arm64, linux/arm/v7, riscv64, ...)."""
-    _exit(finish_change(lambda: commands.apply(targets or (), all_targets, flags, force, check, config), as_json,
-                        check))
+    _exit(finish(lambda: commands.apply(targets or (), all_targets, flags, force, check, config), as_json,
+                 render_change, check))
 
 
 @app.command(cls=WITH_TARGETS)
@@ -84,7 +83,7 @@ def remove(targets: Optional[List[str]] = TargetsArg,
     """Remove binfmtd's entries (others' only with --force); entries it took over are put back.
 
     TARGET: a QEMU target or a container platform (aarch64, arm64, linux/arm/v7, riscv64, ...)."""
-    _exit(finish_change(lambda: commands.remove(targets or (), all_targets, force, check), as_json, check))
+    _exit(finish(lambda: commands.remove(targets or (), all_targets, force, check), as_json, render_change, check))
 
 
 @app.command()
@@ -99,61 +98,18 @@ def status(as_json: bool = JsonOpt,
         if as_json:  # --json is --format json: two formats for one stdout
             _usage_error("--json and --format prometheus both given; pass one of them", True)
         from binfmtd.metrics import prometheus_text
+        from binfmtd.report import TextReport
 
-        _exit(finish(prometheus_text, False, lambda text: print(text, end="")))
-    as_json = as_json or fmt == "json"
-    def render(result: dict) -> None:
-        from binfmtd.entry import printable
-
-        misc = result["binfmt_misc"]
-        where = "private user-namespace table" if misc["private"] else "host table"
-        state = ("mounted, " + ("enabled" if misc["enabled"] else "DISABLED")) if misc["mounted"] else "NOT MOUNTED"
-        print(f"binfmt_misc: {misc['path']} {state} ({where})")
-        if result["entries"]:
-            rows = [["NAME", "TARGET", "PLATFORM", "STATE", "FLAGS", "OWNER", "QEMU", "INTERPRETER"]]
-            rows += [[e["name"], e["target"] or "-", e["platform"] or "-",  # printable: a newline in a
-                      "enabled" if e["enabled"] else "disabled", e["flags"] or "-",  # path must not split a row
-                      e["owner"], _shown_version(e), printable(e["interpreter"])] for e in result["entries"]]
-            table(rows)
-            for e in result["entries"]:  # an emulator replaced or removed on disk since registration
-                if e["emulator"]["drift"]:
-                    say("warning", f"{e['name']}: {e['emulator']['note']}")
-        else:
-            print("no entries registered")
-    _exit(finish(produce_status, as_json, render))
-
-
-def _shown_version(entry: dict) -> str:
-    """The QEMU an entry runs; `(on disk)` where only the file on disk is known: another tool's F
-    entry may still run an older file it pinned (binfmtd verify shows which)."""
-    version = entry["qemu_version"] or "-"
-    unsure = entry["emulator"]["version_of"] == "disk" and "F" in entry["flags"]
-    return f"{version} (on disk)" if unsure and entry["qemu_version"] else version
+        _exit(finish(lambda: TextReport(prometheus_text()), False, render_text))
+    _exit(finish(commands.status, as_json or fmt == "json", render_status))
 
 
 @app.command("ps")
 def ps_cmd(as_json: bool = JsonOpt) -> None:
     """List the processes running under emulation: target, PID, user, CPU, RSS, container, command."""
-    from binfmtd.facts.processes import processes_report
+    from binfmtd.commands.ps import processes_report
 
-    def produce() -> dict:
-        result = processes_report()
-        for warning in result["warnings"]:
-            say("warning", warning)
-        return result
-
-    def render(result: dict) -> None:
-        if not result["processes"]:
-            print("no process runs under a binfmt_misc entry")
-            return
-        rows = [["TARGET", "PID", "USER", "CPU", "RSS", "CONTAINER", "EMULATOR", "COMMAND"]]
-        rows += [[p["target"] or p["entry"], p["pid"], p["user"] or "-", f"{p['cpu_seconds']:.2f}s",
-                  f"{p['rss_bytes'] / 2**20:.1f}M", (p["container"] or "-")[:12],
-                  "DELETED" if p["emulator_deleted"] else "current", " ".join(p["command"])]
-                 for p in result["processes"]]
-        table(rows)
-        print(", ".join(f"{t['target']}: {t['processes']} ({t['cpu_seconds']:.2f}s CPU)" for t in result["targets"]))
-    _exit(finish(produce, as_json, render))
+    _exit(finish(processes_report, as_json, render_processes))
 
 
 @app.command("check", cls=WITH_TARGETS)
@@ -162,22 +118,13 @@ def check_cmd(targets: Optional[List[str]] = TargetsArg, as_json: bool = JsonOpt
     """Preflight: kernel, binfmt_misc, config and interpreters, each with the fix for what fails.
 
     TARGET: a QEMU target or a container platform (aarch64, arm64, linux/arm/v7, riscv64, ...)."""
-    def render(result: dict) -> None:
-        for c in result["checks"]:
-            print(f"{'ok' if c['ok'] else 'FAIL':4}  {c['name']}: {c['detail']}"
-                  + (f"\n      fix: {c['fix']}" if c["fix"] else ""))
-    _exit(finish(lambda: commands.check(targets or (), config), as_json, render, check_exit_code))
+    _exit(finish(lambda: commands.check(targets or (), config), as_json, render_check))
 
 
 @app.command("targets")
 def targets_cmd(as_json: bool = JsonOpt) -> None:
     """List every QEMU target with its container platforms."""
-    def render(result: dict) -> None:
-        rows = [["TARGET", "PLATFORMS", "FAMILY", "NATIVE"]]
-        rows += [[t["target"], ",".join(t["platforms"]) or "-", t["family"], "yes" if t["native"] else ""]
-                 for t in result["targets"]]
-        table(rows)
-    _exit(finish(lambda: {"targets": commands.list_targets()}, as_json, render))
+    _exit(finish(commands.list_targets, as_json, render_targets))
 
 
 @app.command("verify", cls=WITH_TARGETS)
@@ -185,8 +132,8 @@ def verify_cmd(targets: Optional[List[str]] = TargetsArg,
                all_targets: bool = typer.Option(False, "--all", help="Every known target."),
                engine: Optional[str] = typer.Option(None, "--engine", metavar="ENGINE",
                                                     autocompletion=_completer(*ENGINES),
-                                                    help="Where probes run: auto, sandbox, docker, podman or "
-                                                    "nerdctl (default: the config's, else auto)."),
+                                                    help=f"Where probes run: {spoken(ENGINES)} (default: the "
+                                                    "config's, else auto)."),
                image: Optional[str] = typer.Option(None, "--image", metavar="REF",
                                                    help="Run `uname -m` in this image instead of binfmtd's probe."),
                timeout: Optional[float] = typer.Option(None, "--timeout", metavar="SECONDS",
@@ -199,30 +146,7 @@ def verify_cmd(targets: Optional[List[str]] = TargetsArg,
     TARGET: a QEMU target or a container platform (aarch64, arm64, linux/arm/v7, riscv64, ...)."""
     from binfmtd.verify.run import verify
 
-    if engine is not None and engine not in ENGINES:
-        _usage_error(f"--engine {engine!r}: expected auto, sandbox, docker, podman or nerdctl", as_json)
-    if timeout is not None and not (math.isfinite(timeout) and 1 <= timeout <= 600):
-        _usage_error(f"--timeout {timeout:g}: expected seconds per probe, 1 to 600", as_json)
-
-    def produce():
-        from binfmtd.metrics import record_verify
-
-        report = verify(targets or (), all_targets, engine, image, config, timeout)
-        record_verify(report)
-        for warning in report.warnings:
-            say("warning", warning)
-        return report
-
-    def render(report) -> None:
-        rows = [["TARGET", "PLATFORM", "RESULT", "MACHINE", "SECONDS", "QEMU"]]
-        rows += [[r["target"], r["platform"] or "-", "ok" if r["ok"] else "FAILED", r["machine"] or "-",
-                  f"{r['seconds']:.2f}", (r["emulator"] or {}).get("version") or "-"] for r in report.results]
-        print(f"engine: {report.engine}")
-        table(rows)
-        for r in report.results:
-            if not r["ok"]:
-                print(f"{r['target']}: {r['error']}\n  cause: {r['cause']}\n  fix: {r['fix']}")
-    _exit(finish(produce, as_json, render, lambda report: EXIT_OK if report.ok else EXIT_FAILED))
+    _exit(finish(lambda: verify(targets or (), all_targets, engine, image, config, timeout), as_json, render_verify))
 
 
 @app.command(cls=WITH_TARGETS)
@@ -242,10 +166,7 @@ def export(targets: Optional[List[str]] = TargetsArg,
     TARGET: a QEMU target or a container platform (aarch64, arm64, linux/arm/v7, riscv64, ...)."""
     from binfmtd.commands.export import export_entries
 
-    def render(result: dict) -> None:
-        for item in result["files"]:
-            print(item["path"])
-    _exit(finish(lambda: export_entries(fmt, dest, targets or (), all_targets, flags, config), as_json, render))
+    _exit(finish(lambda: export_entries(fmt, dest, targets or (), all_targets, flags, config), as_json, render_export))
 
 
 @app.command()

@@ -42,11 +42,11 @@ def parse_daemon(argv: list[str]) -> dict | None:
 
 def run_apply(options: dict) -> int:
     from binfmtd import commands
-    from binfmtd.cli.render import finish_change
+    from binfmtd.cli.render import finish, render_change
 
     as_json = options.pop("as_json")
     names = options.pop("names")
-    return finish_change(lambda: commands.apply(names, **options), as_json, options["check"])
+    return finish(lambda: commands.apply(names, **options), as_json, render_change, options["check"])
 
 
 def parse_query(argv: list[str]) -> dict | None:
@@ -69,30 +69,12 @@ def parse_query(argv: list[str]) -> dict | None:
     return options if as_json else None
 
 
-def produce_status() -> dict:
-    """commands.status() with its warnings said (stderr, and --json's `warnings`)."""
-    from binfmtd import commands
-    from binfmtd.cli.render import say
-
-    result = commands.status()
-    for warning in result["warnings"]:
-        say("warning", warning)
-    return result
-
-
-def check_exit_code(result: dict) -> int:
-    from binfmtd.errors import EXIT_FAILED, EXIT_OK
-
-    return EXIT_OK if result["ok"] else EXIT_FAILED
-
-
 def run_query(options: dict) -> int:
     from binfmtd import commands
     from binfmtd.cli.render import finish
 
     if options["command"] == "status":
-        return finish(produce_status, True, None)
+        return finish(commands.status, True, None)
     if options["command"] == "check":
-        return finish(lambda: commands.check(tuple(options["names"]), options["config_file"]), True, None,
-                      check_exit_code)
-    return finish(lambda: {"targets": commands.list_targets()}, True, None)
+        return finish(lambda: commands.check(tuple(options["names"]), options["config_file"]), True, None)
+    return finish(commands.list_targets, True, None)

@@ -1,5 +1,6 @@
-"""How results reach the operator: text or one JSON object on stdout, warnings and errors as
-one line each on stderr, and the exit code. Typer-free, so the boot path can use it too."""
+"""How reports reach the operator, in one place: text or one JSON object on stdout, warnings and
+errors as one line each on stderr, and the exit code (report.ok). Every renderer is here.
+Typer-free, so the boot path (binfmtd.cli.boot) uses it too."""
 
 from __future__ import annotations
 
@@ -8,8 +9,7 @@ import sys
 
 from binfmtd.errors import EXIT_FAILED, EXIT_OK, BinfmtdError
 
-
-# The warnings said while finish() produces a result: --json's object carries them too.
+# The warnings said while finish() produces a report: --json's object carries them too.
 _said_warnings: list[str] | None = None
 
 
@@ -54,24 +54,26 @@ def fail(message: str, exit_code: int, as_json: bool, check: bool = False, warni
     return exit_code
 
 
-def finish(produce, as_json: bool, render, exit_code=lambda result: EXIT_OK, check: bool = False) -> int:
-    """The one exit path: produce a result, print it as text or JSON, return its exit code;
-    a BinfmtdError becomes one line on stderr (and the error object with --json) and its code."""
+def finish(produce, as_json: bool, render, check: bool = False) -> int:
+    """The one exit path: produce a report, say its warnings, print it as text (`render`) or JSON,
+    say its errors, and return its exit code; a BinfmtdError becomes one line on stderr (and the
+    error object with --json) and its code."""
     global _said_warnings
     _said_warnings = said = []
     try:
         try:
-            result = produce()
+            report = produce()
         except BinfmtdError as exc:
             return fail(str(exc), exc.exit_code, as_json, check, said)
-        if as_json:
-            value = result.to_json() if hasattr(result, "to_json") else result
-            if isinstance(value, dict):  # every object has `warnings`: the result's and those said
-                value = {**value, "warnings": list(dict.fromkeys([*value.get("warnings", ()), *said]))}
-            print_json(value)
+        for warning in report.warnings:
+            say("warning", warning)
+        if as_json:  # every object has `warnings`: the report's and those said while it was made
+            print_json({**report.to_json(), "warnings": list(dict.fromkeys(said))})
         else:
-            render(result)
-        return exit_code(result)
+            render(report)
+        for message in report.error_messages:
+            say("error", message)
+        return EXIT_OK if report.ok else EXIT_FAILED
     finally:
         _said_warnings = None
 
@@ -82,24 +84,80 @@ def table(rows: list[list[str]]) -> None:
         print("  ".join([str(cell).ljust(width) for cell, width in zip(row, widths)] + [str(row[-1])]).rstrip())
 
 
-def finish_change(produce, as_json: bool, check: bool = False) -> int:
-    """finish() for apply/remove: warnings and per-target errors always go to stderr."""
-    def produce_and_warn():
-        report = produce()
-        for warning in report.warnings:
-            say("warning", warning)
-        if as_json:
-            for error in report.errors:
-                say("error", error["message"])
-        return report
-    return finish(produce_and_warn, as_json, render_change, lambda r: EXIT_OK if r.ok else EXIT_FAILED, check)
-
-
 def render_change(report) -> None:
     rows = [["TARGET", "PLATFORM", "ACTION", "REASON"]]
     for r in report.results:
-        would = "would be " if report.check and r["action"] not in ("unchanged", "skipped") else ""
-        rows.append([r["target"], r["platform"] or "-", would + r["action"], r["reason"]])
+        would = "would be " if report.check and r.action not in ("unchanged", "skipped") else ""
+        rows.append([r.target, r.platform or "-", would + r.action, r.reason])
     table(rows)
-    for error in report.errors:
-        say("error", error["message"])
+
+
+def render_status(report) -> None:
+    from binfmtd.entry import printable
+
+    misc = report.binfmt_misc
+    where = "private user-namespace table" if misc.private else "host table"
+    state = ("mounted, " + ("enabled" if misc.enabled else "DISABLED")) if misc.mounted else "NOT MOUNTED"
+    print(f"binfmt_misc: {misc.path} {state} ({where})")
+    if not report.entries:
+        print("no entries registered")
+        return
+    rows = [["NAME", "TARGET", "PLATFORM", "STATE", "FLAGS", "OWNER", "QEMU", "INTERPRETER"]]
+    rows += [[e.name, e.target or "-", e.platform or "-", "enabled" if e.enabled else "disabled", e.flags or "-",
+              e.owner, _shown_version(e), printable(e.interpreter)]  # printable: a newline must not split a row
+             for e in report.entries]
+    table(rows)
+    for e in report.entries:  # an emulator replaced or removed on disk since registration
+        if e.emulator.drift:
+            say("warning", f"{e.name}: {e.emulator.note}")
+
+
+def _shown_version(entry) -> str:
+    """The QEMU an entry runs; `(on disk)` where only the file on disk is known: another tool's F
+    entry may still run an older file it pinned (binfmtd verify shows which)."""
+    version = entry.qemu_version or "-"
+    unsure = entry.emulator.version_of == "disk" and "F" in entry.flags
+    return f"{version} (on disk)" if unsure and entry.qemu_version else version
+
+
+def render_check(report) -> None:
+    for c in report.checks:
+        print(f"{'ok' if c.ok else 'FAIL':4}  {c.name}: {c.detail}" + (f"\n      fix: {c.fix}" if c.fix else ""))
+
+
+def render_targets(report) -> None:
+    rows = [["TARGET", "PLATFORMS", "FAMILY", "NATIVE"]]
+    rows += [[t.target, ",".join(t.platforms) or "-", t.family, "yes" if t.native else ""] for t in report.targets]
+    table(rows)
+
+
+def render_processes(report) -> None:
+    if not report.processes:
+        print("no process runs under a binfmt_misc entry")
+        return
+    rows = [["TARGET", "PID", "USER", "CPU", "RSS", "CONTAINER", "EMULATOR", "COMMAND"]]
+    rows += [[p.target or p.entry, p.pid, p.user or "-", f"{p.cpu_seconds:.2f}s", f"{p.rss_bytes / 2**20:.1f}M",
+              (p.container or "-")[:12], "DELETED" if p.emulator_deleted else "current", " ".join(p.command)]
+             for p in report.processes]
+    table(rows)
+    print(", ".join(f"{t['target']}: {t['processes']} ({t['cpu_seconds']:.2f}s CPU)" for t in report.targets))
+
+
+def render_verify(report) -> None:
+    rows = [["TARGET", "PLATFORM", "RESULT", "MACHINE", "SECONDS", "QEMU"]]
+    rows += [[r["target"], r["platform"] or "-", "ok" if r["ok"] else "FAILED", r["machine"] or "-",
+              f"{r['seconds']:.2f}", (r["emulator"] or {}).get("version") or "-"] for r in report.results]
+    print(f"engine: {report.engine}")
+    table(rows)
+    for r in report.results:
+        if not r["ok"]:
+            print(f"{r['target']}: {r['error']}\n  cause: {r['cause']}\n  fix: {r['fix']}")
+
+
+def render_export(report) -> None:
+    for item in report.files:
+        print(item["path"])
+
+
+def render_text(report) -> None:
+    print(report.text, end="")

@@ -15,15 +15,30 @@ from __future__ import annotations
 import os
 
 from binfmtd import __version__
-from binfmtd.commands.change import desired_entries
+from binfmtd.config import desired_targets, resolve_settings
 from binfmtd.entry import Entry, escape, normalize_flags
 from binfmtd.errors import BinfmtdError, UsageError
+from binfmtd.facts.host import read_kernel
+from binfmtd.facts.interpreters import read_interpreter
+from binfmtd.facts.native import read_native
+from binfmtd.plan import target_entry
+from binfmtd.records import dataclass, field
+from binfmtd.report import Report
 from binfmtd.state.files import write_atomic
 from binfmtd.targets import BY_ENTRY_NAME
 
 BINFMT_D, BINFMT_SUPPORT = "binfmt.d", "binfmt-support"
 FORMATS = (BINFMT_D, BINFMT_SUPPORT)
 PACKAGE = "binfmtd"  # update-binfmts' owner of the format; --unimport and --display show it
+
+
+@dataclass
+class ExportReport(Report):
+    format: str
+    dest: str
+    files: list[dict]  # {"target", "platform", "name", "path"} of each file written
+    skipped: list[str]  # "target: why it has no file"
+    warnings: list[str] = field(default_factory=list)
 
 
 def binfmt_d_file_name(entry: Entry) -> str:
@@ -93,8 +108,35 @@ def written_by_binfmtd(path: str) -> bool | None:
     return f"package {PACKAGE}" in head or any(line.startswith("# Written by binfmtd") for line in head)
 
 
+def desired_entries(names=(), all_targets=False, flags: str | None = None,
+                    config_file: str | None = None) -> tuple[list[Entry], list[str]]:
+    """The entries `apply` would register on this host were its table empty, and why each other
+    target is left out. An entry that cannot be made (an unsafe interpreter, a named target's
+    missing one, a magic this kernel cannot take) fails the export as a whole."""
+    settings = resolve_settings(config_file, flags)
+    native = read_native(None, remember=False)[0]
+    targets, explicit = desired_targets(names, all_targets, settings.config, native)
+    magic_size_limit = read_kernel().magic_size_limit
+    entries, skipped, errors = [], [], []
+    for target in targets:
+        interpreter = read_interpreter(target.qemu, settings.interpreter_dirs) if target.name not in native else None
+        if interpreter is None:
+            skipped.append(f"{target.name}: native: this host runs {target.name} binaries itself")
+        elif interpreter.path is None and not explicit:
+            skipped.append(f"{target.name}: no interpreter: {interpreter.problem}; {interpreter.fix}")
+        elif interpreter.problem:
+            errors.append(f"{target.entry_name}: interpreter {interpreter.described}; {interpreter.fix}")
+        elif problem := (entry := target_entry(target, interpreter, settings.flags)).problem(magic_size_limit):
+            errors.append(problem)
+        else:
+            entries.append(entry)
+    if errors:
+        raise BinfmtdError("; ".join(errors))
+    return entries, skipped
+
+
 def export_entries(fmt: str, dest: str, names=(), all_targets=False, flags: str | None = None,
-                   config_file: str | None = None) -> dict:
+                   config_file: str | None = None) -> ExportReport:
     """Write one file per entry `apply` would register into DEST (created if missing); other files
     in DEST are left alone. Nothing is written when any entry cannot be expressed or when a file
     binfmtd did not write already has an entry's name."""
@@ -123,4 +165,4 @@ def export_entries(fmt: str, dest: str, names=(), all_targets=False, flags: str 
     except OSError as exc:
         where = exc.filename or dest
         raise BinfmtdError(f"cannot write to {where} ({exc.strerror}); pass a writable --dest") from None
-    return {"format": fmt, "dest": dest, "files": files, "skipped": skipped}
+    return ExportReport(fmt, dest, files, skipped)

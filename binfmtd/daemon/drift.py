@@ -74,17 +74,17 @@ def watch_from_report(report: commands.ChangeReport, state: State, status: str) 
     has nothing to keep; a failing one is retried on its own schedule; a target skipped with
     an interpreter is one whose name another tool's entry holds (plan_apply); a removed one
     (its emulator vanished) is no longer wanted."""
-    failing = {e["target"] for e in report.errors}
+    failing = {e.target for e in report.errors}
     watch = Watch(status=status)
     for result in report.results:
-        name = result["name"]
-        if result["target"] in failing or result["interpreter"] is None or result["action"] == "removed":
+        name = result.name
+        if result.target in failing or result.interpreter is None or result.action == "removed":
             continue
-        if result["action"] == "skipped":
+        if result.action == "skipped":
             watch.held.add(name)
             continue
-        target = lookup(result["target"])
-        watch.entries[name] = Entry(name, result["interpreter"], result["flags"], 0, target.magic, target.mask)
+        target = lookup(result.target)
+        watch.entries[name] = Entry(name, result.interpreter, result.flags, 0, target.magic, target.mask)
         if state.owns(watch.entries[name]):
             watch.owned.add(name)
     return watch

@@ -9,8 +9,7 @@ import signal
 import time
 
 from binfmtd import commands
-from binfmtd.commands.change import desired_targets
-from binfmtd.config import Config, load_config
+from binfmtd.config import Config, desired_targets, load_config
 from binfmtd.daemon.drift import Watch, find_drift, read_table, stamp_emulators, table_problems, watch_from_report
 from binfmtd.daemon.systemd import ERR, INFO, NOTICE, WARNING, Log, Notifier, Signals, watchdog_period
 from binfmtd.errors import EXIT_OK, BinfmtdError, HostUnsupported, UsageError
@@ -101,9 +100,9 @@ class Daemon:
 
     def _log_changes(self, why: str, report: commands.ChangeReport, removed: int, elapsed_ms: float) -> None:
         """One line per entry the apply changed, then one for the apply (none for a quiet start)."""
-        changed = [r for r in report.results if r["action"] not in ("unchanged", "skipped")]
+        changed = [r for r in report.results if r.action not in ("unchanged", "skipped")]
         for r in changed:
-            self.log(NOTICE, f"{r['name']} {r['action']} ({r['reason']})")
+            self.log(NOTICE, f"{r.name} {r.action} ({r.reason})")
         if removed or report.changed:
             if why == "repair":
                 self.repairs += 1
@@ -116,11 +115,11 @@ class Daemon:
     def _problems_of(self, report: commands.ChangeReport) -> set[tuple[int, str]]:
         """What the apply (and the removal before it, and the textfile after it) found wrong or
         left alone, logged once while it holds."""
-        failing = {e["target"] for e in report.errors}
-        problems = {(WARNING, w) for w in report.warnings} | {(ERR, e["message"]) for e in report.errors}
+        failing = {e.target for e in report.errors}
+        problems = {(WARNING, w) for w in report.warnings} | {(ERR, e.message) for e in report.errors}
         # what binfmtd leaves and why, once while it holds: native targets, no QEMU, others' entries
-        problems |= {(NOTICE if r["name"] in self.watch.held else INFO, f"{r['name']} skipped ({r['reason']})")
-                     for r in report.results if r["action"] == "skipped" and r["target"] not in failing}
+        problems |= {(NOTICE if r.name in self.watch.held else INFO, f"{r.name} skipped ({r.reason})")
+                     for r in report.results if r.action == "skipped" and r.target not in failing}
         problems |= {(ERR, f"no longer in the config, but not removed: {message}")
                      for message in self.removal_errors.values()}
         if textfile := self.settings.daemon_textfile:
@@ -129,7 +128,7 @@ class Daemon:
 
     def _keep(self, report: commands.ChangeReport) -> None:
         """After an apply: the retry schedule while something fails, and systemd's STATUS=."""
-        kept = [r["name"] for r in report.results if r["action"] in ("registered", "replaced", "unchanged")]
+        kept = [r.name for r in report.results if r.action in ("registered", "replaced", "unchanged")]
         if report.errors or self.dropped:
             self._schedule_retry()
             self._set_status(f"keeping {len(kept)} entries; {len(report.errors) + len(self.dropped)} failing, "
@@ -156,17 +155,17 @@ class Daemon:
             return 0
         report = commands.remove(sorted(self.dropped), binfmt_misc=self.path, state_dir=self.state_dir,
                                  lock_timeout=LOCK_TIMEOUT)
-        self.removal_errors = {e["target"]: e["message"] for e in report.errors}
+        self.removal_errors = {e.target: e.message for e in report.errors}
         self.dropped = set(self.removal_errors)
         removed = 0
         for r in report.results:
-            if r["target"] in self.dropped:
+            if r.target in self.dropped:
                 continue
-            if r["action"] == "removed":
+            if r.action == "removed":
                 removed += 1
-                self.log(NOTICE, f"{r['name']} removed (no longer in the config; {r['reason']})")
-            elif r["action"] == "skipped":
-                self.log(NOTICE, f"{r['name']} left in place: no longer in the config, but {r['reason']}")
+                self.log(NOTICE, f"{r.name} removed (no longer in the config; {r.reason})")
+            elif r.action == "skipped":
+                self.log(NOTICE, f"{r.name} left in place: no longer in the config, but {r.reason}")
         return removed
 
     def _write_metrics(self, textfile: str) -> set[tuple[int, str]]:

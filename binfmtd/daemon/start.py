@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import os
 
-from binfmtd.facts.host import BOOT_ID, DEFAULT_BINFMT_MISC, read_boot_id
+from binfmtd.config import resolve_paths
+from binfmtd.facts.host import BOOT_ID, read_boot_id
 from binfmtd.daemon.loop import Daemon, describe_config, load_settings
 from binfmtd.daemon.systemd import ERR, INFO, Log, Notifier, Signals
 from binfmtd.errors import EXIT_USAGE, BinfmtdError, UsageError
-from binfmtd.state.files import BOOT_FILE, open_state_dir, read_record, state_dir_from_env, write_record
+from binfmtd.state.files import BOOT_FILE, open_state_dir, read_record, write_record
 
 # -- boot detection ------------------------------------------------------------------------------
 
@@ -38,8 +39,7 @@ def run_daemon(config_file: str | None, binfmt_misc: str | None = None, state_di
     """Apply the config, then keep the host there until SIGTERM/SIGINT; the exit code."""
     log = Log()
     notify = Notifier(os.environ.get("NOTIFY_SOCKET"), log)
-    path = binfmt_misc or DEFAULT_BINFMT_MISC
-    state_dir = state_dir or state_dir_from_env()
+    path, state_dir = resolve_paths(binfmt_misc, state_dir)
     try:
         settings = load_settings(config_file)
     except UsageError as exc:

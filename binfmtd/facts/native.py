@@ -27,6 +27,7 @@ def probe_native(candidates: tuple[str, ...], timeout: float = 20.0) -> tuple[st
     import subprocess  # off the boot path: once a boot, the cached answer is read instead
     import tempfile
 
+    from binfmtd.namespaces import unshare_argv
     from binfmtd.probes import build_probe, supported_targets
 
     names = [name for name in candidates if name in supported_targets()]
@@ -37,8 +38,8 @@ def probe_native(candidates: tuple[str, ...], timeout: float = 20.0) -> tuple[st
                 f.write(build_probe(name))
             os.chmod(path, 0o755)
         try:
-            done = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", RUN_PROBES, "sh",
-                                   *names], cwd=workdir, capture_output=True, text=True, timeout=timeout)
+            done = subprocess.run(unshare_argv(["sh", "-c", RUN_PROBES, "sh", *names]), cwd=workdir,
+                                  capture_output=True, text=True, timeout=timeout)
         except (OSError, subprocess.SubprocessError):
             return None
     if done.returncode != 0:

@@ -235,24 +235,6 @@ class CpuLedger:
         return dict(totals)
 
 
-def processes_report(binfmt_misc: str | None = None) -> dict:
-    """`binfmtd ps`: the emulated processes and, per target, how many and their CPU time."""
-    from binfmtd.facts.host import DEFAULT_BINFMT_MISC, read_binfmt_misc
-    from binfmtd.targets import BY_NAME
-
-    table = read_binfmt_misc(binfmt_misc or DEFAULT_BINFMT_MISC)
-    found = read_emulated(table.entries)
-    targets = [{"target": name, "platform": BY_NAME[name].platform if name in BY_NAME else None,
-                "processes": count, "cpu_seconds": round(seconds, 2)}
-               for name, (count, seconds) in sorted(per_target(found).items())]
-    warnings = []
-    if os.geteuid() != 0:
-        warnings.append("not root: other users' processes are not visible; run it with sudo")
-    if not table.mounted:
-        warnings.append(f"binfmt_misc is not mounted on {table.path}: no entry, so no process can be matched")
-    return {"processes": [p.to_json() for p in found], "targets": targets, "warnings": warnings}
-
-
 def running_under(removed: list[Entry], limit: int = 3) -> list[str]:
     """Warnings for `remove`: the processes still running under entries about to be removed. They
     go on (the kernel already handed them their emulator), but new binaries of theirs will not start."""
