@@ -8,10 +8,10 @@ import os
 
 from binfmtd.entry import Entry, parse_register_line
 from binfmtd.errors import BinfmtdError, HostUnsupported
-from binfmtd.facts.host import Kernel, read_entry
+from binfmtd.facts.host import REGISTER_FILE, Kernel, read_entry
 from binfmtd.plan import REGISTERED, REMOVED, REPLACED, Action, Plan
 from binfmtd.records import dataclass, field
-from binfmtd.state import Intent, Owned, State, reconcile, save_state
+from binfmtd.state.ledger import Intent, Owned, State, reconcile, save_state
 
 MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
 
@@ -54,7 +54,7 @@ def _mount(path: str) -> int:
 
 
 def register(path: str, entry: Entry) -> None:
-    fd = os.open(os.path.join(path, "register"), os.O_WRONLY | os.O_CLOEXEC)
+    fd = os.open(os.path.join(path, REGISTER_FILE), os.O_WRONLY | os.O_CLOEXEC)
     try:
         os.write(fd, entry.register_line().encode())
     finally:

@@ -9,14 +9,8 @@ import json
 from binfmtd import commands
 from binfmtd.config import resolve_paths
 from binfmtd.errors import BinfmtdError
-from binfmtd.state import (
-    VERIFY_FILE,
-    load_state,
-    open_state_dir,
-    read_record,
-    write_atomic,
-    write_record,
-)
+from binfmtd.state.files import VERIFY_FILE, open_state_dir, read_record, write_atomic, write_record
+from binfmtd.state.ledger import load_state
 from binfmtd.targets import TARGETS
 
 

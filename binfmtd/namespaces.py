@@ -18,7 +18,7 @@ import tempfile
 from binfmtd.errors import HostUnsupported
 from binfmtd.facts.host import DEFAULT_BINFMT_MISC, read_kernel
 from binfmtd.cli.render import say
-from binfmtd.state import DEFAULT_STATE_DIR, state_dir_from_env
+from binfmtd.state.files import DEFAULT_STATE_DIR, state_dir_from_env
 
 EXIT_SETUP = 3  # the namespace could not be set up (as for "the host cannot do this")
 

@@ -10,7 +10,7 @@ from binfmtd.facts.host import Host
 from binfmtd.image import registered_by_image
 from binfmtd.facts.interpreters import Interpreter, describe_version, same_file
 from binfmtd.records import dataclass, field, replace
-from binfmtd.state import State
+from binfmtd.state.ledger import State
 from binfmtd.targets import Target
 
 class Kind(StrEnum):

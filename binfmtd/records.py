@@ -36,7 +36,9 @@ def replace(record, **changes):
     return record.__class__(**{**{name: getattr(record, name) for name in record.__record_fields__}, **changes})
 
 
-def _make(cls, frozen: bool):
+def _fields(cls) -> dict[str, _Field]:
+    """The record's fields in order: those of the records it extends, then its own annotations,
+    each class attribute that was a field() replaced by its plain default (as dataclasses does)."""
     fields: dict[str, _Field] = {}
     for base in reversed(cls.__mro__[1:]):  # a record's own fields follow those of the record it extends
         fields.update(base.__dict__.get("__record_fields__", {}))
@@ -52,6 +54,11 @@ def _make(cls, frozen: bool):
             else:
                 setattr(cls, name, spec.default)
         fields[name] = spec
+    return fields
+
+
+def _make(cls, frozen: bool):
+    fields = _fields(cls)
     names = tuple(fields)
     title = cls.__qualname__
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from binfmtd.records import dataclass
 
+ENTRY_PREFIX = "qemu-"  # binfmtd names its entries qemu-<target>, as QEMU's script, Debian and tonistiigi/binfmt do
+
 
 @dataclass(frozen=True)
 class Target:
@@ -36,7 +38,7 @@ class Target:
 
     @property
     def entry_name(self) -> str:
-        return f"qemu-{self.name}"
+        return ENTRY_PREFIX + self.name
 
     @property
     def qemu(self) -> str:
@@ -213,6 +215,8 @@ TARGETS: tuple[Target, ...] = (
 )
 
 BY_NAME: dict[str, Target] = {t.name: t for t in TARGETS}
+# The entry binfmtd registers for each target, by its exact name (as the kernel lists it).
+BY_ENTRY_NAME: dict[str, Target] = {t.entry_name: t for t in TARGETS}
 
 
 def _spellings(target: Target) -> list[str]:
@@ -229,9 +233,10 @@ for _target in TARGETS:
 
 
 def lookup(spelling: str) -> Target | None:
-    """The target a user means by a target name, `qemu-<target>`, a platform or an alias."""
+    """The target a user means by a target name, `qemu-<target>`, a platform or an alias (an
+    entry's name is matched exactly in BY_ENTRY_NAME instead)."""
     key = spelling.strip().lower()
-    return _BY_SPELLING.get(key) or _BY_SPELLING.get(key.removeprefix("qemu-"))
+    return _BY_SPELLING.get(key) or _BY_SPELLING.get(key.removeprefix(ENTRY_PREFIX))
 
 
 # qemu_get_family in QEMU's script, as data: `uname -m` values it names outright, then the

@@ -57,15 +57,8 @@ def resolve_trusted(path: str, user_mounts: dict[int, int] | None = None, sticky
         current = os.path.join(resolved, part)
         st = _lstat(current)
         if stat.S_ISLNK(st.st_mode):
-            # A link's own mode means nothing (always 0777); its owner decides where it points.
-            _require_root_only(current, st, user_mounts)
             links += 1
-            if links > MAX_SYMLINKS:
-                raise UntrustedPath(current, f"{path} has more than {MAX_SYMLINKS} symlinks on the way (a loop?)")
-            try:
-                target = os.readlink(current)
-            except OSError as exc:
-                raise UntrustedPath(current, f"symlink {current} cannot be read ({exc.strerror})") from None
+            target = _link_target(path, current, st, user_mounts, links)
             if target.startswith("/"):
                 resolved = "/"
             pending[:0] = [p for p in target.split("/") if p]
@@ -75,6 +68,18 @@ def resolve_trusted(path: str, user_mounts: dict[int, int] | None = None, sticky
         _require_root_only(current, st, user_mounts, sticky_above and bool(pending))
         resolved = current
     return resolved
+
+
+def _link_target(path: str, link: str, st: os.stat_result, user_mounts: dict[int, int], links: int) -> str:
+    """Where `link`, the `links`-th symlink met on the way along `path`, points, if root owns it."""
+    # A link's own mode means nothing (always 0777); its owner decides where it points.
+    _require_root_only(link, st, user_mounts)
+    if links > MAX_SYMLINKS:
+        raise UntrustedPath(link, f"{path} has more than {MAX_SYMLINKS} symlinks on the way (a loop?)")
+    try:
+        return os.readlink(link)
+    except OSError as exc:
+        raise UntrustedPath(link, f"symlink {link} cannot be read ({exc.strerror})") from None
 
 
 def _lstat(path: str) -> os.stat_result:

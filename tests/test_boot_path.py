@@ -11,7 +11,7 @@ from conftest import BINFMTD
 
 from binfmtd.entry import Entry
 from binfmtd.records import FrozenInstanceError, replace
-from binfmtd.state import State
+from binfmtd.state.ledger import State
 
 # Python runs with -S: site (and a venv's editable-install finder) imports nothing beforehand, so
 # the list is what binfmtd itself pulls in, as on a host with binfmtd installed system-wide.

@@ -629,7 +629,7 @@ def test_the_tick_and_status_read_the_table_through_one_reader(ns):
 def test_desired_state_comes_from_the_apply_and_the_state_not_from_the_table():
     from binfmtd.commands.change import ChangeError, ChangeReport, ChangeResult
     from binfmtd.plan import Kind
-    from binfmtd.state import Owned, State
+    from binfmtd.state.ledger import Owned, State
 
     def result(target, action, interpreter=f"/usr/bin/qemu-{FIRST}-static", reason=""):
         return ChangeResult(target, None, f"qemu-{target}", Kind(action), reason, interpreter, "POCF")

@@ -23,7 +23,7 @@ from binfmtd.entry import Entry, escape
 from binfmtd.facts.host import BinfmtMisc, Host, parse_kernel_release
 from binfmtd.facts.interpreters import Interpreter
 from binfmtd.plan import Desired, plan_apply
-from binfmtd.state import Owned, State, format_state, parse_state
+from binfmtd.state.ledger import Owned, State, format_state, parse_state
 from binfmtd.targets import BY_NAME, TARGETS
 
 from conftest import BINFMT_MISC, BINFMTD, FOREIGN, ROOT, host_table, need, set_aside

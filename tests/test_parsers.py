@@ -9,8 +9,9 @@ from binfmtd.act import explain_register_error
 from binfmtd.config import parse_config
 from binfmtd.entry import Entry, normalize_flags, parse_entry, parse_register_line
 from binfmtd.errors import UsageError
+from binfmtd.facts.elf import CHUNK, find_qemu_banner, parse_elf_section
 from binfmtd.facts.host import parse_filesystems, parse_kernel_release, parse_mount_type, target_of_entry
-from binfmtd.facts.interpreters import CHUNK, find_qemu_banner, judge_interpreter, parse_elf_section, safety_problem
+from binfmtd.facts.interpreters import judge_interpreter, safety_problem
 from binfmtd.trust import UntrustedPath, resolve_trusted
 from binfmtd.targets import BY_NAME
 
@@ -109,6 +110,30 @@ def test_static_and_dynamic_executables_are_told_apart():
         assert judge_interpreter(qemu).static and judge_interpreter(qemu).problem is None
     ls = judge_interpreter("/bin/ls")  # dynamically linked on every Debian
     assert not ls.static and "dynamically linked" in ls.problem
+
+
+def test_an_unchanged_pinned_emulator_is_not_searched_for_its_banner_again(root_only_dir):
+    """The no-op apply's saving: a file binfmtd pinned with a QEMU version, found again with the
+    same device, inode, size and mtime, showed QEMU's banner then. Any change to the file, or a
+    pin without a version, and the banner is searched again (here: a static busybox, refused)."""
+    import shutil
+
+    from binfmtd.facts.interpreters import identity_of_open_file
+
+    busybox = os.path.join(os.path.dirname(__file__), ".foreign", "arm64", "bin", "busybox")
+    if not os.path.exists(busybox):
+        pytest.skip("tests/.foreign is missing (scripts/fetch-foreign)")
+    interp = root_only_dir / "qemu-aarch64-static"
+    shutil.copyfile(busybox, interp)
+    interp.chmod(0o755)
+    assert "is not QEMU" in judge_interpreter(str(interp)).problem
+    with open(interp, "rb") as f:
+        pin = {**identity_of_open_file(f.fileno(), str(interp), version=False), "version": "7.2.22"}
+    verdict = judge_interpreter(str(interp), (pin,))
+    assert verdict.problem is None and verdict.identity["ino"] == pin["ino"]
+    assert "is not QEMU" in judge_interpreter(str(interp), ({**pin, "version": None},)).problem
+    os.utime(interp, ns=(pin["mtime"], pin["mtime"] + 1))
+    assert "is not QEMU" in judge_interpreter(str(interp), (pin,)).problem
 
 
 def test_interpreter_safety(root_only_dir):

@@ -15,7 +15,8 @@ from binfmtd.facts.native import read_native
 from binfmtd.plan import REMOVED, Desired, Kind, Plan, plan_apply, plan_remove
 from binfmtd.records import dataclass, field
 from binfmtd.report import Report
-from binfmtd.state import State, load_state, locked, reconcile
+from binfmtd.state.files import locked
+from binfmtd.state.ledger import State, load_state, reconcile
 from binfmtd.targets import TARGETS, Target, lookup
 
 
@@ -141,15 +142,15 @@ def read_interpreters(targets, host: Host, settings: Settings, state: State | No
     """Each non-native target's interpreter verdict. With `state`: the QEMU version too, where
     binfmtd may register (no entry yet, or binfmtd's own); a file the state already pinned costs
     no process (the boot path's no-op)."""
-    interpreters = {t.qemu: read_interpreter(t.qemu, settings.interpreter_dirs)
+    pins = state.pins() if state is not None else ()
+    interpreters = {t.qemu: read_interpreter(t.qemu, settings.interpreter_dirs, pins)
                     for t in targets if t.name not in host.native}
     if state is not None:
         def wants_version(t: Target) -> bool:
             current = host.binfmt_misc.entry(t.entry_name)
             return current is None or state.owns(current)
         add_versions([interpreters[t.qemu].identity for t in targets if t.qemu in interpreters and wants_version(t)
-                      and interpreters[t.qemu].problem is None],
-                     tuple(o.pinned for o in state.entries.values() if o.pinned))
+                      and interpreters[t.qemu].problem is None], pins)
     return interpreters
 
 

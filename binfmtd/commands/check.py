@@ -16,7 +16,7 @@ from binfmtd.facts.native import read_native
 from binfmtd.plan import Action, Desired, plan_apply
 from binfmtd.records import dataclass, field
 from binfmtd.report import Report
-from binfmtd.state import State
+from binfmtd.state.ledger import State
 
 NATIVE_HOW = {"probe": "measured by running probes with emulation impossible)",
               "family": "QEMU's CPU-family table; measuring needs Linux 6.7+)",

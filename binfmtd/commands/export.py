@@ -24,14 +24,12 @@ from binfmtd.facts.native import read_native
 from binfmtd.plan import target_entry
 from binfmtd.records import dataclass, field
 from binfmtd.report import Report
-from binfmtd.state import write_atomic
-from binfmtd.targets import TARGETS
+from binfmtd.state.files import write_atomic
+from binfmtd.targets import BY_ENTRY_NAME
 
 BINFMT_D, BINFMT_SUPPORT = "binfmt.d", "binfmt-support"
 FORMATS = (BINFMT_D, BINFMT_SUPPORT)
 PACKAGE = "binfmtd"  # update-binfmts' owner of the format; --unimport and --display show it
-
-_TARGET_OF_ENTRY = {t.entry_name: t for t in TARGETS}
 
 
 @dataclass
@@ -160,7 +158,7 @@ def export_entries(fmt: str, dest: str, names=(), all_targets=False, flags: str 
         for entry, file_name, content in rendered:
             path = os.path.join(dest, file_name)
             write_atomic(path, content)
-            target = _TARGET_OF_ENTRY.get(entry.name)
+            target = BY_ENTRY_NAME.get(entry.name)
             files.append({"target": target.name if target else None,
                           "platform": target.platform if target else None,
                           "name": entry.name, "path": path})

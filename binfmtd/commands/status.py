@@ -13,7 +13,7 @@ from binfmtd.facts.native import read_native
 from binfmtd.image import registered_by_image
 from binfmtd.records import dataclass, field
 from binfmtd.report import Report
-from binfmtd.state import State
+from binfmtd.state.ledger import State
 from binfmtd.targets import TARGETS
 
 
@@ -106,9 +106,8 @@ def read_emulators(entries, state: State) -> dict[str, Emulator]:
         owned = state.entries.get(entry.name) if state.owns(entry) else None
         pinned = owned.pinned if owned and "F" in entry.flags else None
         found[entry.name] = (pinned, emulator_identity(entry.interpreter, version=False))
-    pins = tuple(o.pinned for o in state.entries.values() if o.pinned)
     add_versions([disk for e in entries if (disk := found[e.name][1]) and target_of_entry(e)
-                  and safety_problem(e.interpreter) is None], pins)
+                  and safety_problem(e.interpreter) is None], state.pins())
     return {e.name: _emulator(e, state.owns(e), *found[e.name]) for e in entries}
 
 

@@ -49,7 +49,7 @@ class Run:
         """The targets this host runs itself (measured once per run)."""
         if self._native is None:
             from binfmtd.facts.native import read_native
-            from binfmtd.state import state_dir_from_env
+            from binfmtd.state.files import state_dir_from_env
 
             self._native = read_native(state_dir_from_env(), remember=False)[0]
         return self._native
@@ -180,7 +180,7 @@ def remove_entries(run: Run, patterns: list[str], say) -> None:
 
 def _unregister(path: str, name: str) -> str:
     from binfmtd.act import unregister
-    from binfmtd.state import locked, state_dir_from_env
+    from binfmtd.state.files import locked, state_dir_from_env
 
     try:
         with locked(state_dir_from_env()):

@@ -10,7 +10,7 @@ from binfmtd.facts import host
 from binfmtd.daemon.systemd import WARNING
 from binfmtd.entry import Entry, parse_entry
 from binfmtd.records import dataclass, field  # host.Table, which Table extends, is one
-from binfmtd.state import State
+from binfmtd.state.ledger import State
 from binfmtd.targets import lookup
 
 

@@ -9,13 +9,13 @@ import signal
 import time
 
 from binfmtd import commands
-from binfmtd.config import desired_targets
-from binfmtd.config import Config, load_config
+from binfmtd.config import Config, desired_targets, load_config
 from binfmtd.daemon.drift import Watch, find_drift, read_table, stamp_emulators, table_problems, watch_from_report
 from binfmtd.daemon.systemd import ERR, INFO, NOTICE, WARNING, Log, Notifier, Signals, watchdog_period
 from binfmtd.errors import EXIT_OK, BinfmtdError, HostUnsupported, UsageError
 from binfmtd.facts.interpreters import DEFAULT_INTERPRETER_DIRS
-from binfmtd.state import READY_FILE, State, load_state, touch_record
+from binfmtd.state.files import READY_FILE, touch_record
+from binfmtd.state.ledger import State, load_state
 
 DEFAULTS = Config("")
 LOCK_TIMEOUT = 5.0  # seconds an apply waits for another binfmtd's lock before retrying later
@@ -47,8 +47,7 @@ class Daemon:
     targets dropped from the config still to remove, the retry schedule and what was last
     logged and told systemd."""
 
-    def __init__(self, settings: Config, path: str, state_dir: str, log: Log, notify: Notifier,
-                 environ=None):
+    def __init__(self, settings: Config, path: str, state_dir: str, log: Log, notify: Notifier, environ=None):
         self.settings, self.path, self.state_dir, self.log, self.notify = settings, path, state_dir, log, notify
         self.watchdog = watchdog_period(environ if environ is not None else os.environ)
         self.watch = Watch()
@@ -123,8 +122,7 @@ class Daemon:
                      for r in report.results if r.action == "skipped" and r.target not in failing}
         problems |= {(ERR, f"no longer in the config, but not removed: {message}")
                      for message in self.removal_errors.values()}
-        textfile = self.settings.daemon_textfile
-        if textfile:
+        if textfile := self.settings.daemon_textfile:
             problems |= self._write_metrics(textfile)
         return problems
 

@@ -11,7 +11,7 @@ from binfmtd.facts.host import BOOT_ID, read_boot_id
 from binfmtd.daemon.loop import Daemon, describe_config, load_settings
 from binfmtd.daemon.systemd import ERR, INFO, Log, Notifier, Signals
 from binfmtd.errors import EXIT_USAGE, BinfmtdError, UsageError
-from binfmtd.state import BOOT_FILE, open_state_dir, read_record, write_record
+from binfmtd.state.files import BOOT_FILE, open_state_dir, read_record, write_record
 
 # -- boot detection ------------------------------------------------------------------------------
 

@@ -8,13 +8,14 @@ import os
 
 from binfmtd.entry import Entry, parse_entry
 from binfmtd.records import dataclass, field
-from binfmtd.targets import TARGETS, Target, family_of_machine
+from binfmtd.targets import BY_ENTRY_NAME, TARGETS, Target, claims, family_of_machine
 
 DEFAULT_BINFMT_MISC = "/proc/sys/fs/binfmt_misc"
 INIT_USER_NS_INODE = 0xEFFFFFFD  # PROC_USER_INIT_INO: the initial user namespace's inode
 MOUNTINFO = "/proc/self/mountinfo"
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
-CONTROL_FILES = ("register", "status")  # binfmt_misc's own files; every other name is an entry
+REGISTER_FILE, STATUS_FILE = "register", "status"
+CONTROL_FILES = (REGISTER_FILE, STATUS_FILE)  # binfmt_misc's own files; every other name is an entry
 
 
 @dataclass(frozen=True)
@@ -122,14 +123,14 @@ def read_table(path: str = DEFAULT_BINFMT_MISC, mount_type: str | None = None) -
         mount_type = parse_mount_type(read_text(MOUNTINFO), path)
     # mountinfo can list a binfmt_misc mount that a later /proc mount hides (a fresh container's
     # or namespace's /proc): the register file must be there too.
-    if mount_type != "binfmt_misc" or not os.path.exists(os.path.join(path, "register")):
+    if mount_type != "binfmt_misc" or not os.path.exists(os.path.join(path, REGISTER_FILE)):
         return Table(False)
     try:
         names = sorted(os.listdir(path))
     except OSError:  # unmounted in the meantime
         return Table(False)
     texts = ((name, read_entry_text(path, name)) for name in names if name not in CONTROL_FILES)
-    return Table(True, read_text(os.path.join(path, "status")).strip(),
+    return Table(True, read_text(os.path.join(path, STATUS_FILE)).strip(),
                  tuple((name, text) for name, text in texts if text is not None))
 
 
@@ -252,14 +253,8 @@ def target_of_entry(entry: Entry) -> Target | None:
     """The QEMU target whose binaries an entry claims (its own `qemu-<target>` name first), or
     None for entries that are not QEMU's (WSLInterop, python, jar, ...)."""
     matching = [t for t in TARGETS if entry.extension is None and entry.magic
-                and _claims_ignoring_enabled(entry, t.magic)]
-    for target in matching:
-        if entry.name == target.entry_name:
-            return target
+                and claims(entry.magic, entry.mask or b"\xff" * len(entry.magic), entry.offset, t.magic)]
+    named = BY_ENTRY_NAME.get(entry.name)
+    if named in matching:  # a broad mask may claim several targets: its own name decides
+        return named
     return matching[0] if len(matching) == 1 else None
-
-
-def _claims_ignoring_enabled(entry: Entry, header: bytes) -> bool:
-    from binfmtd.targets import claims
-
-    return claims(entry.magic, entry.mask or b"\xff" * len(entry.magic), entry.offset, header)

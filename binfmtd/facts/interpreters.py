@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import os
 import stat
-import struct
 
 from binfmtd.entry import interpreter_text_problem, printable
-from binfmtd.records import dataclass, replace
+from binfmtd.facts.elf import find_qemu_banner, parse_elf_is_static, version_of_banner
+from binfmtd.records import dataclass
 from binfmtd.trust import UntrustedPath, resolve_trusted
 
 # The last one is where binfmtd's container image keeps its emulators (binfmtd/image.py); no host has it.
 DEFAULT_INTERPRETER_DIRS = ("/usr/bin", "/usr/local/bin", "/usr/libexec/qemu-binfmt", "/usr/libexec/binfmtd-image")
-PT_INTERP = 3
 
 
 @dataclass(frozen=True)
@@ -28,7 +27,6 @@ class Interpreter:
     problem: str | None = None  # why it may not be registered (one line), None when it may
     fix: str | None = None  # what to do about the problem
     resolved: str | None = None  # what binfmtd registers: no symlinks left, every component root's
-    banner: str | None = None  # QEMU's version line, as stored in the file
     identity: dict | None = None  # which file it is now (emulator_identity): what an F entry would pin
 
     @property
@@ -68,38 +66,50 @@ def find_interpreter(qemu: str, dirs: tuple[str, ...] = DEFAULT_INTERPRETER_DIRS
     return None
 
 
-def read_interpreter(qemu: str, dirs: tuple[str, ...] = DEFAULT_INTERPRETER_DIRS) -> Interpreter:
+def read_interpreter(qemu: str, dirs: tuple[str, ...] = DEFAULT_INTERPRETER_DIRS,
+                     pins: tuple[dict, ...] = ()) -> Interpreter:
     """The verdict on target `qemu`'s interpreter: found, controlled by root alone, a static
-    QEMU, and storable in binfmt_misc; with the resolved path to register."""
+    QEMU, and storable in binfmt_misc; with the resolved path to register. `pins`: the emulator
+    files binfmtd's entries pinned (State.pins), whose banners need no second search."""
     path = find_interpreter(qemu, dirs)
     if path is None:
         return Interpreter(None, problem=f"qemu-{qemu}-static not found in {':'.join(dirs)}", fix=INSTALL_FIX)
-    judged = judge_interpreter(path)
-    if judged.problem is None:  # stat only; add_versions asks the QEMU version when it is needed
-        judged = replace(judged, identity=emulator_identity(judged.resolved, version=False))
-    return judged
+    return judge_interpreter(path, pins)
 
 
-def judge_interpreter(path: str) -> Interpreter:
+def judge_interpreter(path: str, pins: tuple[dict, ...] = ()) -> Interpreter:
+    """The verdict on the file at `path`, with its identity (no version: add_versions asks for
+    it when it is needed)."""
     try:
         resolved = trusted_executable(path)
         with open(resolved, "rb") as f:
-            header = f.read(64)
-            if header[:4] != b"\x7fELF":
-                raise Refused(f"{printable(resolved)} is not an ELF executable, so not QEMU's user-mode emulator",
-                              INSTALL_FIX)
-            if not parse_elf_is_static(header, _reader(f)):
-                raise Refused(f"{printable(resolved)} is dynamically linked: containers and chroots cannot load "
-                              "it", "install qemu-user-static (its emulators are statically linked)")
-            banner = find_qemu_banner(header, _reader(f))
-            if banner is None:
-                raise Refused(f"{printable(resolved)} is not QEMU (it lacks the version banner every QEMU "
-                              "carries)", INSTALL_FIX)
+            identity = _require_static_qemu(f, resolved, pins)
     except Refused as refused:
         return Interpreter(path, problem=refused.problem, fix=refused.fix)
     except OSError as exc:
         return Interpreter(path, problem=f"cannot be read ({exc.strerror})", fix=INSTALL_FIX)
-    return Interpreter(path, True, resolved=resolved, banner=banner)
+    return Interpreter(path, True, resolved=resolved, identity=identity)
+
+
+def _require_static_qemu(f, resolved: str, pins: tuple[dict, ...]) -> dict:
+    """The identity of the open file `f` if it is a statically linked QEMU, else Refused. A file
+    binfmtd pinned with a QEMU version and finds unchanged (same device, inode, size and mtime)
+    showed QEMU's banner then, so its banner is not searched again: the boot path's no-op reads
+    no emulator's data. A banner found here gives the version too, so it is searched once."""
+    identity = identity_of_open_file(f.fileno(), resolved, version=False)
+    header = f.read(64)
+    if header[:4] != b"\x7fELF":
+        raise Refused(f"{printable(resolved)} is not an ELF executable, so not QEMU's user-mode emulator", INSTALL_FIX)
+    if not parse_elf_is_static(header, _reader(f)):
+        raise Refused(f"{printable(resolved)} is dynamically linked: containers and chroots cannot load it",
+                      "install qemu-user-static (its emulators are statically linked)")
+    if known_version(identity, pins) is None:
+        banner = find_qemu_banner(header, _reader(f))
+        if banner is None:
+            raise Refused(f"{printable(resolved)} is not QEMU (it lacks the version banner every QEMU carries)",
+                          INSTALL_FIX)
+        _versions[file_key(identity)] = version_of_banner(banner)
+    return identity
 
 
 def safety_problem(path: str) -> str | None:
@@ -147,95 +157,6 @@ def _reader(f):
     return read_at
 
 
-def parse_elf_is_static(header: bytes, read_at) -> bool:
-    """Whether an ELF has no PT_INTERP program header (statically linked, or static-pie).
-    `read_at(offset, size)` reads the rest of the file; the parse itself does no I/O."""
-    if header[:4] != b"\x7fELF" or len(header) < 64:
-        return False
-    is64, endian = header[4] == 2, "<" if header[5] == 1 else ">"
-    if is64:
-        phoff, = struct.unpack_from(endian + "Q", header, 32)
-        phentsize, phnum = struct.unpack_from(endian + "HH", header, 54)
-    else:
-        phoff, = struct.unpack_from(endian + "I", header, 28)
-        phentsize, phnum = struct.unpack_from(endian + "HH", header, 42)
-    table = read_at(phoff, phentsize * phnum)
-    if phentsize < 4 or len(table) < phentsize * phnum:
-        return False  # truncated: not something the kernel could run anyway
-    for i in range(phnum):
-        p_type, = struct.unpack_from(endian + "I", table, i * phentsize)
-        if p_type == PT_INTERP:
-            return False
-    return True
-
-
-# Every QEMU of the last decade prints this in --version (QEMU_COPYRIGHT) and so carries it in
-# its read-only data, right after the "qemu-<target> version X" line. Looking for it is how binfmtd
-# tells QEMU from another binary without running anything as root: a cheap test against a
-# mistake (a shell copied into place), not a defence against root, who controls the file anyway
-# (every component is root's by then); an attacker controls nothing on that path.
-QEMU_SIGNATURE = b"Fabrice Bellard and the QEMU Project developers"
-CHUNK = 128 << 10  # QEMU 7.2's banner lies 30-600 KiB into .rodata: read a little at a time
-
-
-def find_qemu_banner(header: bytes, read_at) -> str | None:
-    """QEMU's version line ("qemu-aarch64 version 7.2.22 (Debian ...)") stored in the ELF, or
-    None when the file lacks QEMU's signature. Looks in .rodata first (a few hundred KiB in,
-    so a few reads), then anywhere in the file."""
-    rodata = parse_elf_section(header, read_at, b".rodata")
-    places = [rodata] if rodata else []
-    for start, size in places + [(0, None)]:
-        position = _search(read_at, QEMU_SIGNATURE, start, size)
-        if position is not None:
-            window_start = max(0, position - 256)
-            window = read_at(window_start, position - window_start)
-            line = window[window.rfind(b"\0") + 1:].split(b"\n")[0].decode("utf-8", "replace")
-            return printable(line) if line.startswith("qemu-") else "QEMU"
-    return None
-
-
-def _search(read_at, needle: bytes, start: int, size: int | None) -> int | None:
-    offset, end = start, None if size is None else start + size
-    while end is None or offset < end:
-        length = CHUNK if end is None else min(CHUNK, end - offset)
-        data = read_at(offset, length + len(needle) - 1)
-        found = data.find(needle)
-        if found >= 0:
-            return offset + found
-        if len(data) < length + len(needle) - 1:
-            return None  # end of file
-        offset += length
-    return None
-
-
-def parse_elf_section(header: bytes, read_at, name: bytes) -> tuple[int, int] | None:
-    """(file offset, size) of the ELF section called `name`, or None (no such section, or no
-    section headers at all: they are optional)."""
-    if header[:4] != b"\x7fELF" or len(header) < 64:
-        return None
-    is64, endian = header[4] == 2, "<" if header[5] == 1 else ">"
-    if is64:
-        shoff, = struct.unpack_from(endian + "Q", header, 40)
-        shentsize, shnum, shstrndx = struct.unpack_from(endian + "HHH", header, 58)
-        layout = endian + "II8xQQQ"  # sh_name, sh_type, (sh_flags), sh_addr, sh_offset, sh_size
-    else:
-        shoff, = struct.unpack_from(endian + "I", header, 32)
-        shentsize, shnum, shstrndx = struct.unpack_from(endian + "HHH", header, 46)
-        layout = endian + "II4xIII"
-    if not shoff or not shnum or shstrndx >= shnum or shentsize < struct.calcsize(layout):
-        return None
-    table = read_at(shoff, shentsize * shnum)
-    if len(table) < shentsize * shnum:
-        return None
-    sections = [struct.unpack_from(layout, table, i * shentsize) for i in range(shnum)]
-    _, _, _, names_offset, names_size = sections[shstrndx]
-    names = read_at(names_offset, names_size)
-    for sh_name, _, _, offset, size in sections:
-        if names[sh_name:names.find(b"\0", sh_name)] == name:
-            return offset, size
-    return None
-
-
 def qemu_version(path: str) -> str | None:
     """The version `path --version` would print, read from the banner stored in the file."""
     identity = emulator_identity(path)
@@ -268,10 +189,11 @@ def same_file(a: dict | None, b: dict | None) -> bool:
     return a is not None and b is not None and file_key(a) == file_key(b)
 
 
-def version_of_banner(banner: str | None) -> str | None:
-    """"qemu-aarch64 version 7.2.22 (Debian ...)" -> "7.2.22"."""
-    words = (banner or "").split()
-    return words[words.index("version") + 1] if "version" in words[:-1] else None
+def known_version(identity: dict, known: tuple[dict | None, ...]) -> str | None:
+    """The QEMU version recorded for this very file (device, inode, size, mtime) in `known`:
+    pins binfmtd recorded, or identities read before. None when none of them knows it."""
+    key = file_key(identity)
+    return next((k["version"] for k in known if k and file_key(k) == key and k.get("version")), None)
 
 
 def emulator_identity(path: str, version: bool = True, known: tuple[dict, ...] = ()) -> dict | None:
@@ -314,9 +236,9 @@ def identity_of_open_file(fd: int, path: str, version: bool = True, known: tuple
     st = os.fstat(fd)
     identity = {"path": path, "dev": st.st_dev, "ino": st.st_ino, "size": st.st_size, "mtime": st.st_mtime_ns,
                 "version": None}
-    key = file_key(identity)
-    identity["version"] = next((k["version"] for k in known if k and file_key(k) == key and k.get("version")), None)
+    identity["version"] = known_version(identity, known)
     if identity["version"] is None and version and looks_like_qemu(path) and stat.S_ISREG(st.st_mode):
+        key = file_key(identity)
         if key not in _versions:
             def read_at(offset: int, size: int) -> bytes:
                 return os.pread(fd, size, offset)

@@ -14,7 +14,7 @@ import json
 import os
 
 from binfmtd.facts.host import DEFAULT_BINFMT_MISC, native_targets, read_boot_id, read_kernel
-from binfmtd.state import NATIVE_FILE, read_record, write_record
+from binfmtd.state.files import NATIVE_FILE, read_record, write_record
 from binfmtd.targets import lookup
 
 RUN_PROBES = (f"mount -t binfmt_misc binfmt_misc {DEFAULT_BINFMT_MISC} || exit 90\n"

@@ -73,7 +73,7 @@ def entries_binfmtd_owns(host: Host) -> set[str]:
     """Names of the entries binfmtd registered (its state), for diagnoses; empty if unreadable."""
     from binfmtd.errors import BinfmtdError
     from binfmtd.config import resolve_paths
-    from binfmtd.state import load_state
+    from binfmtd.state.ledger import load_state
 
     try:
         state = load_state(resolve_paths()[1])
