@@ -6,12 +6,13 @@ from __future__ import annotations
 import errno
 import os
 
-from binfmtd.entry import Entry, parse_register_line
+from binfmtd.entry import REGISTER_FILE, Entry, parse_register_line
 from binfmtd.errors import BinfmtdError, HostUnsupported
-from binfmtd.facts.host import REGISTER_FILE, Kernel, read_entry
+from binfmtd.facts.host import Kernel, read_entry
 from binfmtd.plan import REGISTERED, REMOVED, REPLACED, Action, Plan
 from binfmtd.records import dataclass, field
 from binfmtd.state.ledger import Intent, Owned, State, reconcile, save_state
+from binfmtd.targets import BY_ENTRY_NAME
 
 MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
 
@@ -122,7 +123,8 @@ def execute(plan: Plan, path: str, kernel: Kernel, state_dir: str, state: State)
             _execute_action(action, path, kernel)
         except BinfmtdError as exc:
             outcome.errors.append((action.target.name, str(exc)))
-    outcome.errors += [(name.removeprefix("qemu-"), message) for name, message in settle(path, state)]
+    outcome.errors += [(BY_ENTRY_NAME[name].name if name in BY_ENTRY_NAME else name, message)
+                       for name, message in settle(path, state)]
     save_state(state_dir, state)
     return outcome
 

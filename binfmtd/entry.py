@@ -6,9 +6,13 @@ Pure functions only; reading and writing the files is act.py's and facts.py's jo
 from __future__ import annotations
 
 from binfmtd.records import dataclass
+from binfmtd.targets import claims
+from binfmtd.trust import UntrustedPath, resolve_trusted
 
 FLAG_ORDER = "POCF"  # the order the kernel prints them in
-RESERVED_NAMES = ("", ".", "..", "register", "status")
+REGISTER_FILE, STATUS_FILE = "register", "status"
+CONTROL_FILES = (REGISTER_FILE, STATUS_FILE)  # binfmt_misc's own files; every other name is an entry
+RESERVED_NAMES = ("", ".", "..", *CONTROL_FILES)
 
 
 def normalize_flags(flags: str) -> str:
@@ -88,8 +92,6 @@ class Entry:
         return None
 
     def claims(self, header: bytes) -> bool:
-        from binfmtd.targets import claims
-
         if self.extension is not None or not self.enabled:
             return False
         return claims(self.magic, self.mask or b"\xff" * len(self.magic), self.offset, header)
@@ -124,8 +126,6 @@ def same_interpreter(a: str, b: str) -> bool:
     A path through a link someone else could re-point is not the same as where it points now."""
     if a == b:
         return True
-    from binfmtd.trust import UntrustedPath, resolve_trusted
-
     try:
         return resolve_trusted(a) == resolve_trusted(b)
     except UntrustedPath:

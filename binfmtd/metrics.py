@@ -5,20 +5,21 @@ times of the last apply and verify, in the text exposition format."""
 from __future__ import annotations
 
 import json
+import time
 
 from binfmtd import commands
 from binfmtd.config import resolve_paths
+from binfmtd.entry import Entry
 from binfmtd.errors import BinfmtdError
+from binfmtd.facts.processes import CpuLedger, per_target, read_emulated
 from binfmtd.state.files import VERIFY_FILE, open_state_dir, read_record, write_atomic, write_record
 from binfmtd.state.ledger import load_state
-from binfmtd.targets import TARGETS
+from binfmtd.targets import BY_ENTRY_NAME, BY_NAME, TARGETS
 
 
 def record_verify(report, state_dir: str | None = None) -> None:
     """Remember the last verify's per-target results for the metrics (best effort: a verify run
     by a user who cannot write the state directory simply is not recorded)."""
-    import time
-
     state_dir = resolve_paths(state_dir=state_dir)[1]
     data = {"time": time.time(), "engine": report.engine, "results": {r["target"]: r["ok"] for r in report.results}}
     try:
@@ -69,7 +70,7 @@ def _gauge(name: str, help_text: str, samples: list[tuple[str, float]]) -> list[
 
 def _entry_gauges(entries: list) -> list[str]:
     """Per target: whether its qemu-<target> entry is registered, enabled, and what it runs."""
-    by_target = {e.target: e for e in entries if e.target and e.name == f"qemu-{e.target}"}
+    by_target = {e.target: e for e in entries if e.name in BY_ENTRY_NAME}  # the target's own entry, not a lookalike
     registered, enabled = [], []
     for target in TARGETS:
         entry = by_target.get(target.name)
@@ -107,10 +108,6 @@ def emulation_metrics(entries: list) -> list[str]:
     with an entry has a sample, 0 when nothing runs under it; entries of no QEMU target (jar,
     python) are not emulation and are left out."""
     global _LEDGER
-    from binfmtd.entry import Entry
-    from binfmtd.facts.processes import CpuLedger, per_target, read_emulated
-    from binfmtd.targets import BY_NAME
-
     table = [Entry(e.name, e.interpreter, e.flags, e.offset, bytes.fromhex(e.magic or ""),
                    bytes.fromhex(e.mask or ""), e.enabled) for e in entries if e.target]
     found = read_emulated(table)

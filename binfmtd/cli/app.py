@@ -1,6 +1,8 @@
 """The `binfmtd` command line (typer): parses arguments, calls binfmtd.commands and the other
 clients, and hands the result to binfmtd.cli.render, the one place that prints results and turns
-error types into exit codes. `apply` and `daemon` usually arrive through binfmtd.cli.boot instead."""
+error types into exit codes. `apply` and `daemon` usually arrive through binfmtd.cli.boot instead.
+The modules of verify, export, ps, metrics, daemon and sandbox are imported by their own command
+only: each brings its own weight (threads, psutil, dataclasses) that the other commands need not pay."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from binfmtd import __version__, commands
 from binfmtd.cli.render import (fail, finish, render_change, render_check, render_export, render_processes,
                                 render_status, render_targets, render_text, render_verify, say, wants_json)
 from binfmtd.errors import EXIT_USAGE, BinfmtdError
+from binfmtd.targets import TARGETS
 from binfmtd.verify import ENGINES, spoken
 
 app = typer.Typer(add_completion=True, no_args_is_help=True, rich_markup_mode=None,
@@ -22,8 +25,6 @@ app = typer.Typer(add_completion=True, no_args_is_help=True, rich_markup_mode=No
 
 
 def _complete_targets(incomplete: str) -> list[str]:
-    from binfmtd.targets import TARGETS
-
     names = [n for t in TARGETS for n in (t.name, *t.platforms)]
     return [n for n in dict.fromkeys(names) if n.startswith(incomplete)]
 

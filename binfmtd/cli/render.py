@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sys
 
+from binfmtd.entry import printable
 from binfmtd.errors import EXIT_FAILED, EXIT_OK, BinfmtdError
 
 # The warnings said while finish() produces a report: --json's object carries them too.
@@ -93,8 +94,6 @@ def render_change(report) -> None:
 
 
 def render_status(report) -> None:
-    from binfmtd.entry import printable
-
     misc = report.binfmt_misc
     where = "private user-namespace table" if misc.private else "host table"
     state = ("mounted, " + ("enabled" if misc.enabled else "DISABLED")) if misc.mounted else "NOT MOUNTED"

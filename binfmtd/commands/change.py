@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+from binfmtd.act import execute, mount_binfmt_misc, recover
 from binfmtd.config import (Settings, desired_targets, load_config, refuse_targets_with_all, resolve_paths,
                             resolve_targets, settings_from)
 from binfmtd.entry import Entry
@@ -80,8 +81,6 @@ def apply(names=(), all_targets=False, flags: str | None = None, force=False, ch
             plan.warnings.insert(0, f"binfmt_misc is not mounted on {path}; apply would mount it")
         return _report(plan, True, [(a.target.name, a.error) for a in plan.actions if a.error], names)
     require_kernel(read_kernel())
-    from binfmtd.act import execute, mount_binfmt_misc, recover  # the writers: not for --check
-
     with locked(state_dir, lock_timeout):  # facts are read under the lock: a concurrent run may just have acted
         native = read_native(state_dir, remember=True)[0]
         host = read_host(path, native)
@@ -111,7 +110,7 @@ def remove(names=(), all_targets=False, force=False, check=False, binfmt_misc: s
     def plan_now(host: Host, state: State) -> Plan:
         present = targets if names else tuple(t for t in targets if host.binfmt_misc.entry(t.entry_name))
         plan = plan_remove(present, host, state, force, restore_problem)  # --all: what is there, not every target
-        from binfmtd.facts.processes import running_under  # psutil: only where something is removed
+        from binfmtd.facts.processes import running_under  # dataclasses, psutil: off the boot path
 
         plan.warnings += running_under([a.old for a in plan.actions if a.action == REMOVED and a.old])
         return plan
@@ -119,8 +118,6 @@ def remove(names=(), all_targets=False, force=False, check=False, binfmt_misc: s
     if check:
         return _report(plan_now(read_host(path), settled_state(state_dir, path)), True, [], names)
     require_kernel(read_kernel())
-    from binfmtd.act import execute, recover
-
     with locked(state_dir, lock_timeout):
         state = load_state(state_dir)
         recovered = recover(path, state_dir, state)

@@ -9,11 +9,20 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 
+from binfmtd import commands
+from binfmtd.act import mount_binfmt_misc, unregister
+from binfmtd.config import Config, load_config, resolve_paths, settings_from
+from binfmtd.entry import STATUS_FILE
 from binfmtd.errors import UsageError
+from binfmtd.facts.host import DEFAULT_BINFMT_MISC, read_binfmt_misc, read_host
+from binfmtd.facts.interpreters import read_interpreter
+from binfmtd.facts.native import read_native
 from binfmtd.records import replace  # Config is a boot-path record (binfmtd.records), not a dataclass
+from binfmtd.state.files import locked
 from binfmtd.targets import Target, lookup
+from binfmtd.verify.diagnose import diagnose
+from binfmtd.verify.engines import Sandbox, run_all
 
-DEFAULT_MOUNT = "/proc/sys/fs/binfmt_misc"
 PROBE_TIMEOUT = 30.0
 
 
@@ -39,7 +48,7 @@ def resolve_names(names: list[str]) -> tuple[Target, ...]:
 class Run:
     """One invocation in a foreign language: where the table is and what failed so far."""
 
-    mount: str = DEFAULT_MOUNT
+    mount: str = DEFAULT_BINFMT_MISC
     failed: bool = False
     verified: dict[str, dict] = field(default_factory=dict)  # target -> binfmtd.verify.diagnose's result
     _native: tuple[str, ...] | None = None
@@ -48,15 +57,10 @@ class Run:
     def native(self) -> tuple[str, ...]:
         """The targets this host runs itself (measured once per run)."""
         if self._native is None:
-            from binfmtd.facts.native import read_native
-            from binfmtd.state.files import state_dir_from_env
-
-            self._native = read_native(state_dir_from_env(), remember=False)[0]
+            self._native = read_native(resolve_paths()[1], remember=False)[0]
         return self._native
 
     def config(self):
-        from binfmtd.config import Config, load_config
-
         config = load_config()
         if os.environ.get("QEMU_BINARY_PATH"):  # tonistiigi's: where the emulators are
             config = replace(config or Config("<environment>"),
@@ -67,21 +71,13 @@ class Run:
 def ensure_mounted(path: str) -> None:
     """binfmt_misc at `path`, mounted in the container's own mount namespace if it is not there
     (as tonistiigi does; the table is the host's all the same)."""
-    if not os.path.exists(os.path.join(path, "status")):
-        from binfmtd.act import mount_binfmt_misc
-
+    if not os.path.exists(os.path.join(path, STATUS_FILE)):
         mount_binfmt_misc(path)
 
 
 def probe(run: Run, targets: tuple[Target, ...]) -> dict[str, dict]:
     """Run each target's probe in binfmtd's sandbox (a chroot holding the probe alone, so only
     an entry with a working, kernel-pinned emulator passes); binfmtd.verify.diagnose's result per target."""
-    from binfmtd.facts.host import read_host
-    from binfmtd.config import settings_from
-    from binfmtd.facts.interpreters import read_interpreter
-    from binfmtd.verify.diagnose import diagnose
-    from binfmtd.verify.engines import Sandbox, run_all
-
     targets = tuple(t for t in targets if t.name not in run.verified)
     if targets:
         host = read_host(run.mount, run.native)
@@ -100,8 +96,6 @@ def install(run: Run, targets: tuple[Target, ...] | None, flags: str, say, repla
     """Register `targets` (None: every target) as binfmtd's apply does, then probe each one;
     `say(target, ok, detail)` reports each in the caller's language, and `replace_hint(target)`
     says in it how to replace another tool's entry that does not work."""
-    from binfmtd import commands
-
     names = [t.name for t in targets] if targets is not None else []
     report = commands.apply(names, all_targets=targets is None, flags=flags, binfmt_misc=run.mount,
                             config=run.config())
@@ -126,8 +120,6 @@ def install(run: Run, targets: tuple[Target, ...] | None, flags: str, say, repla
 def _say_applied(run: Run, report, say) -> tuple[list[Target], dict[str, str]]:
     """Say what apply's report settles (errors, native targets, targets without an entry); the rest,
     with an entry, are to be probed. (targets to probe, target -> why another tool's entry was kept)"""
-    from binfmtd import commands
-
     errors = {e.target: e.message for e in report.errors}
     entries = {e.name: e for e in commands.status(binfmt_misc=run.mount).entries}
     to_probe, kept = [], {}
@@ -152,9 +144,6 @@ def _say_applied(run: Run, report, say) -> tuple[list[Target], dict[str, str]]:
 def remove_entries(run: Run, patterns: list[str], say) -> None:
     """Remove the entries `patterns` name (entry names, globs such as qemu-*, targets, platforms),
     whoever registered them: the user asked for them by name."""
-    from binfmtd import commands
-    from binfmtd.facts.host import read_binfmt_misc
-
     present = [e.name for e in read_binfmt_misc(run.mount).entries]
     for pattern in patterns:
         target = lookup(pattern) if not any(c in pattern for c in "*?[") else None
@@ -179,11 +168,8 @@ def remove_entries(run: Run, patterns: list[str], say) -> None:
 
 
 def _unregister(path: str, name: str) -> str:
-    from binfmtd.act import unregister
-    from binfmtd.state.files import locked, state_dir_from_env
-
     try:
-        with locked(state_dir_from_env()):
+        with locked(resolve_paths()[1]):
             unregister(path, name)
     except FileNotFoundError:
         pass

@@ -8,8 +8,10 @@ import os
 from dataclasses import dataclass
 
 from binfmtd import __version__
-from binfmtd.compat.run import DEFAULT_MOUNT, Run, ensure_mounted, install, log, probe, remove_entries, resolve_names
+from binfmtd.compat.run import Run, ensure_mounted, install, log, probe, remove_entries, resolve_names
 from binfmtd.errors import EXIT_FAILED, EXIT_OK, HostUnsupported, UsageError
+from binfmtd.facts.host import DEFAULT_BINFMT_MISC, read_binfmt_misc
+from binfmtd.facts.interpreters import DEFAULT_INTERPRETER_DIRS, find_interpreter, qemu_version
 from binfmtd.targets import TARGETS, Target
 
 TONISTIIGI_OPTIONS = ("install", "uninstall", "version", "mount")
@@ -27,8 +29,6 @@ def display_name(target: Target) -> str:
 def status(run: Run) -> dict:
     """tonistiigi's status: platforms this host runs now (native first, then each emulated one
     whose probe passed) and the names of the enabled entries."""
-    from binfmtd.facts.host import read_binfmt_misc
-
     table = read_binfmt_misc(run.mount)
     native = set(run.native)
     emulated = tuple(t for t in TARGETS if t.platform and t.name not in native
@@ -50,7 +50,7 @@ class TonistiigiArgs:
     install: str = ""
     uninstall: str = ""
     version: bool = False
-    mount: str = DEFAULT_MOUNT
+    mount: str = DEFAULT_BINFMT_MISC
 
 
 def parse_tonistiigi(argv: list[str]) -> TonistiigiArgs:
@@ -108,7 +108,5 @@ def run_tonistiigi(argv: list[str]) -> int:
 
 
 def version_line() -> str:
-    from binfmtd.facts.interpreters import DEFAULT_INTERPRETER_DIRS, find_interpreter, qemu_version
-
     emulator = find_interpreter("aarch64", DEFAULT_INTERPRETER_DIRS) or find_interpreter("x86_64")
     return f"binfmt/binfmtd-{__version__} qemu/{(emulator and qemu_version(emulator)) or 'none'}"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import os
 
-from binfmtd.entry import Entry, parse_entry
+from binfmtd.entry import CONTROL_FILES, REGISTER_FILE, STATUS_FILE, Entry, parse_entry
 from binfmtd.records import dataclass, field
 from binfmtd.targets import BY_ENTRY_NAME, TARGETS, Target, claims, family_of_machine
 
@@ -14,8 +14,6 @@ DEFAULT_BINFMT_MISC = "/proc/sys/fs/binfmt_misc"
 INIT_USER_NS_INODE = 0xEFFFFFFD  # PROC_USER_INIT_INO: the initial user namespace's inode
 MOUNTINFO = "/proc/self/mountinfo"
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
-REGISTER_FILE, STATUS_FILE = "register", "status"
-CONTROL_FILES = (REGISTER_FILE, STATUS_FILE)  # binfmt_misc's own files; every other name is an entry
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass
 
 from binfmtd.entry import Entry
-from binfmtd.facts.host import target_of_entry
+from binfmtd.facts.host import read_kernel, target_of_entry
 
 DELETED = " (deleted)"
 PROC = "/proc"
@@ -136,8 +136,6 @@ def scan_exes(proc: str = PROC):
 def read_emulated(entries) -> list[EmulatedProcess]:
     """The processes that run one of these entries' interpreters, with their details (psutil
     reads /proc, so this does too)."""
-    from binfmtd.facts.host import read_kernel
-
     index = _entries_by_interpreter(entries)
     matches = []
     for pid, link in scan_exes():

@@ -8,11 +8,15 @@ import os
 import re
 from functools import cached_property
 
+from binfmtd.config import resolve_paths
 from binfmtd.entry import Entry
+from binfmtd.errors import BinfmtdError
 from binfmtd.facts.host import Host
 from binfmtd.facts.interpreters import Interpreter, describe_version, emulator_identity, qemu_version, same_file
+from binfmtd.plan import shadowing_entries
 from binfmtd.probes import parse_probe_output
 from binfmtd.records import dataclass
+from binfmtd.state.ledger import load_state
 from binfmtd.targets import Target
 from binfmtd.verify.probe_run import ProbeRun
 
@@ -71,10 +75,6 @@ def emulator_that_ran(run: ProbeRun, entry: Entry | None) -> dict | None:
 
 def entries_binfmtd_owns(host: Host) -> set[str]:
     """Names of the entries binfmtd registered (its state), for diagnoses; empty if unreadable."""
-    from binfmtd.errors import BinfmtdError
-    from binfmtd.config import resolve_paths
-    from binfmtd.state.ledger import load_state
-
     try:
         state = load_state(resolve_paths()[1])
     except BinfmtdError:
@@ -121,8 +121,6 @@ class Failure:
     @cached_property
     def shadows(self) -> list:
         """Other enabled entries that claim the target's binaries."""
-        from binfmtd.plan import shadowing_entries
-
         return [e for e in shadowing_entries(self.target, self.host) if e.enabled]
 
     @property
