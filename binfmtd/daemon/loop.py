@@ -9,11 +9,10 @@ import signal
 import time
 
 from binfmtd import commands
-from binfmtd.config import Config, desired_targets, load_config
+from binfmtd.config import Config, desired_targets, load_config, settings_from
 from binfmtd.daemon.drift import Watch, find_drift, read_table, stamp_emulators, table_problems, watch_from_report
 from binfmtd.daemon.systemd import ERR, INFO, NOTICE, WARNING, Log, Notifier, Signals, watchdog_period
 from binfmtd.errors import EXIT_OK, BinfmtdError, HostUnsupported, UsageError
-from binfmtd.facts.interpreters import DEFAULT_INTERPRETER_DIRS
 from binfmtd.state.files import READY_FILE, touch_record
 from binfmtd.state.ledger import State, load_state
 
@@ -65,7 +64,7 @@ class Daemon:
         self.next_tick = 0.0  # monotonic time of the next tick
 
     def interpreter_dirs(self) -> tuple[str, ...]:
-        return tuple(self.settings.interpreter_dirs or DEFAULT_INTERPRETER_DIRS)
+        return settings_from(self.settings, binfmt_misc=self.path, state_dir=self.state_dir).interpreter_dirs
 
     def apply(self, why: str, reclaim=()) -> int | None:
         """Remove the dropped targets and apply the config in force, then take the desired state
