@@ -14,7 +14,7 @@ import typer.core
 
 from binfmtd import __version__, commands
 from binfmtd.cli.render import (fail, finish, render_change, render_check, render_export, render_processes,
-                                render_status, render_targets, render_text, render_verify, say, wants_json)
+                                render_status, render_targets, render_text, render_verify, wants_json)
 from binfmtd.errors import EXIT_USAGE, BinfmtdError
 from binfmtd.targets import TARGETS
 from binfmtd.verify import ENGINES, spoken
@@ -191,10 +191,9 @@ def sandbox(command: List[str] = typer.Argument(..., metavar="COMMAND", hidden=T
 
     try:
         code = run_in_sandbox(command)
-    except BinfmtdError as exc:
-        say("error", str(exc))
-        raise typer.Exit(exc.exit_code) from None
-    raise typer.Exit(code)
+    except BinfmtdError as exc:  # COMMAND's own output is the sandbox's: no report to finish()
+        code = fail(str(exc), exc.exit_code, as_json=False)
+    _exit(code)
 
 
 def _version(value: bool) -> None:
