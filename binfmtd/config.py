@@ -225,13 +225,17 @@ def parse_config(text: str, path: str = "<config>") -> Config:
     return Config(path, **values)
 
 
+# What a TOML comment may not hold (the spec allows tab): tomllib decides about such a file.
+_CONTROL_CHARACTERS = frozenset(chr(c) for c in (*range(0x09), *range(0x0a, 0x20), 0x7f))
+
+
 def _blank_or_comments(text: str) -> bool:
     """Whether TOML text holds only blank lines and valid comments, as the shipped config does:
     it sets nothing, and tomllib (about 5 ms of imports) stays off the boot path. Anything else,
     a stray control character included, goes to tomllib to be parsed or refused."""
     for line in text.split("\n"):
         line = line.removesuffix("\r").lstrip(" \t")
-        if (line and not line.startswith("#")) or any(c < " " and c != "\t" or c == "\x7f" for c in line):
+        if (line and not line.startswith("#")) or not _CONTROL_CHARACTERS.isdisjoint(line):
             return False
     return True
 

@@ -19,6 +19,7 @@ from binfmtd.report import Report
 from binfmtd.state.files import locked
 from binfmtd.state.ledger import State, load_state, reconcile
 from binfmtd.targets import TARGETS, Target, lookup
+from binfmtd.trust import read_user_fuse_mounts
 
 
 @dataclass(frozen=True)
@@ -139,8 +140,8 @@ def read_interpreters(targets, host: Host, settings: Settings, state: State | No
     """Each non-native target's interpreter verdict. With `state`: the QEMU version too, where
     binfmtd may register (no entry yet, or binfmtd's own); a file the state already pinned costs
     no process (the boot path's no-op)."""
-    pins = state.pins() if state is not None else ()
-    interpreters = {t.qemu: read_interpreter(t.qemu, settings.interpreter_dirs, pins)
+    pins, mounts = state.pins() if state is not None else (), read_user_fuse_mounts()  # once for all
+    interpreters = {t.qemu: read_interpreter(t.qemu, settings.interpreter_dirs, pins, mounts)
                     for t in targets if t.name not in host.native}
     if state is not None:
         def wants_version(t: Target) -> bool:

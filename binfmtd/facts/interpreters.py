@@ -67,21 +67,22 @@ def find_interpreter(qemu: str, dirs: tuple[str, ...] = DEFAULT_INTERPRETER_DIRS
 
 
 def read_interpreter(qemu: str, dirs: tuple[str, ...] = DEFAULT_INTERPRETER_DIRS,
-                     pins: tuple[dict, ...] = ()) -> Interpreter:
+                     pins: tuple[dict, ...] = (), user_mounts: dict[int, int] | None = None) -> Interpreter:
     """The verdict on target `qemu`'s interpreter: found, controlled by root alone, a static
     QEMU, and storable in binfmt_misc; with the resolved path to register. `pins`: the emulator
-    files binfmtd's entries pinned (State.pins), whose banners need no second search."""
+    files binfmtd's entries pinned (State.pins), whose banners need no second search.
+    `user_mounts`: trust.read_user_fuse_mounts(), read once for a batch of verdicts."""
     path = find_interpreter(qemu, dirs)
     if path is None:
         return Interpreter(None, problem=f"qemu-{qemu}-static not found in {':'.join(dirs)}", fix=INSTALL_FIX)
-    return judge_interpreter(path, pins)
+    return judge_interpreter(path, pins, user_mounts)
 
 
-def judge_interpreter(path: str, pins: tuple[dict, ...] = ()) -> Interpreter:
+def judge_interpreter(path: str, pins: tuple[dict, ...] = (), user_mounts: dict[int, int] | None = None) -> Interpreter:
     """The verdict on the file at `path`, with its identity (no version: add_versions asks for
     it when it is needed)."""
     try:
-        resolved = trusted_executable(path)
+        resolved = trusted_executable(path, user_mounts)
         with open(resolved, "rb") as f:
             identity = _require_static_qemu(f, resolved, pins)
     except Refused as refused:
@@ -121,7 +122,7 @@ def safety_problem(path: str) -> str | None:
     return None
 
 
-def trusted_executable(path: str) -> str:
+def trusted_executable(path: str, user_mounts: dict[int, int] | None = None) -> str:
     """`path` resolved, if binfmt_misc can store it and root alone controls every component
     (binfmtd.trust) and it names an executable regular file; else Refused, naming the component
     at fault and the fix."""
@@ -129,7 +130,7 @@ def trusted_executable(path: str) -> str:
     if problem := interpreter_text_problem(path):
         raise Refused(problem, rename)
     try:
-        resolved = resolve_trusted(path)
+        resolved = resolve_trusted(path, user_mounts)
     except UntrustedPath as exc:
         raise Refused(printable(exc.reason), _trust_fix(exc)) from None
     if problem := interpreter_text_problem(resolved):  # a root-owned link may lead to such a name
