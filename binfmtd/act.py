@@ -55,22 +55,19 @@ def _mount(path: str) -> int:
 
 
 def register(path: str, entry: Entry) -> None:
-    fd = os.open(os.path.join(path, REGISTER_FILE), os.O_WRONLY | os.O_CLOEXEC)
-    try:
-        os.write(fd, entry.register_line().encode())
-    finally:
-        os.close(fd)
+    _write(path, REGISTER_FILE, entry.register_line().encode())
 
 
 def unregister(path: str, name: str) -> None:
-    _write_entry(path, name, b"-1")
+    _write(path, name, b"-1")
 
 
 def set_enabled(path: str, name: str, enabled: bool) -> None:
-    _write_entry(path, name, b"1" if enabled else b"0")
+    _write(path, name, b"1" if enabled else b"0")
 
 
-def _write_entry(path: str, name: str, command: bytes) -> None:
+def _write(path: str, name: str, command: bytes) -> None:
+    """One write to a binfmt_misc file: the kernel takes each write as one command."""
     fd = os.open(os.path.join(path, name), os.O_WRONLY | os.O_CLOEXEC)
     try:
         os.write(fd, command)
