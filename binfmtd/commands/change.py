@@ -14,7 +14,7 @@ from binfmtd.facts.host import Host, Kernel, read_entry, read_host, read_kernel
 from binfmtd.facts.interpreters import Interpreter, add_versions, read_interpreter, safety_problem
 from binfmtd.facts.native import read_native
 from binfmtd.plan import REMOVED, Desired, Kind, Plan, plan_apply, plan_remove
-from binfmtd.records import dataclass, field
+from binfmtd.records import dataclass, field, plain
 from binfmtd.report import Report
 from binfmtd.state.files import locked
 from binfmtd.state.ledger import State, load_state, reconcile
@@ -57,8 +57,9 @@ class ChangeReport(Report):
     def error_messages(self) -> list[str]:
         return [error.message for error in self.errors]
 
-    def to_json(self) -> dict:
-        return {"ok": self.ok, **super().to_json()}
+    def to_json(self) -> dict:  # in the contract's order (DESIGN.md)
+        return {"ok": self.ok, "changed": self.changed, "check": self.check, "results": plain(self.results),
+                "errors": plain(self.errors), "warnings": self.warnings}
 
 
 def apply(names=(), all_targets=False, flags: str | None = None, force=False, check=False,
