@@ -129,3 +129,40 @@ def test_config_values_that_used_to_fall_back_silently():
     assert parse_config("").flags is None  # left out: the default
     with pytest.raises(UsageError, match="interpreter_dirs: got \\[\\]"):
         parse_config("interpreter_dirs = []")
+
+
+# --- settings: arguments, then environment, then the config file, then the defaults -------------
+
+def test_settings_without_a_config_are_the_defaults(monkeypatch):
+    from binfmtd.config import DEFAULT_FLAGS, settings_from
+    from binfmtd.facts.interpreters import DEFAULT_INTERPRETER_DIRS
+
+    monkeypatch.delenv("BINFMTD_STATE_DIR", raising=False)
+    settings = settings_from(None)
+    assert (settings.binfmt_misc, settings.state_dir) == ("/proc/sys/fs/binfmt_misc", "/var/lib/binfmtd")
+    assert (settings.flags, settings.flags_chosen) == (DEFAULT_FLAGS, False)
+    assert settings.interpreter_dirs == DEFAULT_INTERPRETER_DIRS
+    assert (settings.verify_engine, settings.verify_timeout) == ("auto", 20.0)
+
+
+def test_settings_take_the_option_over_the_environment_and_the_config_over_the_defaults(monkeypatch):
+    from binfmtd.config import settings_from
+
+    monkeypatch.setenv("BINFMTD_STATE_DIR", "/run/state-from-env")
+    config = parse_config('flags = "fop"\ninterpreter_dirs = ["/opt/qemu"]\n[verify]\nengine = "podman"\n')
+    settings = settings_from(config)
+    assert settings.state_dir == "/run/state-from-env"
+    assert (settings.flags, settings.flags_chosen) == ("POF", True)  # normalized, and the operator's choice
+    assert (settings.interpreter_dirs, settings.verify_engine) == (("/opt/qemu",), "podman")
+    chosen = settings_from(config, flags="", binfmt_misc="/mnt/misc", state_dir="/run/state-from-option")
+    assert (chosen.flags, chosen.flags_chosen, chosen.binfmt_misc, chosen.state_dir) == \
+        ("", True, "/mnt/misc", "/run/state-from-option")
+    no_flags = settings_from(parse_config('flags = ""\n'))
+    assert (no_flags.flags, no_flags.flags_chosen) == ("", True)  # "" is a choice: no flags at all
+
+
+def test_bad_flags_are_a_usage_error_naming_the_option():
+    from binfmtd.config import settings_from
+
+    with pytest.raises(UsageError, match=r"^--flags: unknown flag\(s\) 'X'"):
+        settings_from(None, flags="POX")
