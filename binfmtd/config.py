@@ -15,10 +15,11 @@ from binfmtd.facts.interpreters import DEFAULT_INTERPRETER_DIRS
 from binfmtd.state.files import state_dir_from_env
 from binfmtd.targets import TARGETS, Target, lookup
 from binfmtd.records import dataclass
-from binfmtd.verify import ENGINES
 
 DEFAULT_CONFIG = "/etc/binfmtd/binfmtd.toml"
 DEFAULT_FLAGS = "POCF"  # as in the field: QEMU's qemu-binfmt-conf.sh --persistent, tonistiigi/binfmt
+CONTAINER_ENGINES = ("docker", "podman", "nerdctl")
+ENGINES = ("auto", "sandbox", *CONTAINER_ENGINES)  # auto: the first container engine that answers, else sandbox
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few lines; more is a wrong path (a log, a device), not a config
 
 

@@ -17,7 +17,6 @@ import tempfile
 
 from binfmtd.errors import HostUnsupported
 from binfmtd.facts.host import DEFAULT_BINFMT_MISC, read_kernel
-from binfmtd.cli.render import say
 from binfmtd.state.files import DEFAULT_STATE_DIR, state_dir_from_env
 
 EXIT_SETUP = 3  # the namespace could not be set up (as for "the host cannot do this")
@@ -85,7 +84,8 @@ def sandbox_argv(command: list[str], state_dir: str, hide: list[str], map_all: b
                         map_root_user=not map_all)
 
 
-def run_in_sandbox(command: list[str]) -> int:
+def run_in_sandbox(command: list[str], say) -> int:
+    """COMMAND's exit code; `say(kind, message)` tells the operator (binfmtd.cli.render.say)."""
     kernel = read_kernel()
     if not kernel.binfmt_misc_per_userns:
         raise HostUnsupported(f"kernel {kernel.release} has one binfmt_misc table for the whole host; a private "
@@ -100,7 +100,7 @@ def run_in_sandbox(command: list[str]) -> int:
         say("sandbox", f"binfmt_misc on {DEFAULT_BINFMT_MISC} and state directory {state_dir} are private to "
             "COMMAND and vanish with it; " + ("every uid and gid maps to the host's own" if map_all else
                                               "only root is mapped (run as root to map every uid and gid)"))
-        return _run(command, state_dir, map_all)
+        return _run(command, state_dir, map_all, say)
     finally:
         try:
             os.rmdir(state_dir)
@@ -108,7 +108,7 @@ def run_in_sandbox(command: list[str]) -> int:
             pass
 
 
-def _run(command: list[str], state_dir: str, map_all: bool) -> int:
+def _run(command: list[str], state_dir: str, map_all: bool, say) -> int:
     env = {**os.environ, "BINFMTD_STATE_DIR": state_dir}
     argv = sandbox_argv(command, state_dir, host_state_dirs(), map_all)
     if not map_all:

@@ -384,7 +384,7 @@ def test_the_engine_choices_are_binfmtds_engines():
     binfmtd's engine list: its choices, their documentation and the role's repeat it and must agree."""
     import yaml
 
-    from binfmtd.verify import ENGINES
+    from binfmtd.config import ENGINES
 
     role = yaml.safe_load((ROLE / "meta" / "argument_specs.yml").read_text())["argument_specs"]["main"]["options"]
     assert load_module().ARGUMENT_SPEC["verify_engine"]["choices"] == list(ENGINES)

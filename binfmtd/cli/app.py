@@ -14,10 +14,11 @@ import typer.core
 
 from binfmtd import __version__, commands
 from binfmtd.cli.render import (fail, finish, render_change, render_check, render_export, render_processes,
-                                render_status, render_targets, render_text, render_verify, wants_json)
+                                render_status, render_targets, render_text, render_verify, say, wants_json)
 from binfmtd.errors import EXIT_USAGE, BinfmtdError
 from binfmtd.targets import TARGETS
-from binfmtd.verify import ENGINES, spoken
+from binfmtd.config import ENGINES
+from binfmtd.verify import spoken
 
 app = typer.Typer(add_completion=True, no_args_is_help=True, rich_markup_mode=None,
                   pretty_exceptions_enable=False,
@@ -190,7 +191,7 @@ def sandbox(command: List[str] = typer.Argument(..., metavar="COMMAND", hidden=T
     from binfmtd.namespaces import run_in_sandbox
 
     try:
-        code = run_in_sandbox(command)
+        code = run_in_sandbox(command, say)
     except BinfmtdError as exc:  # COMMAND's own output is the sandbox's: no report to finish()
         code = fail(str(exc), exc.exit_code, as_json=False)
     _exit(code)

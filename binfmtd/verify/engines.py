@@ -22,7 +22,8 @@ from binfmtd.facts.interpreters import identity_of_open_file
 from binfmtd.namespaces import unshare_argv
 from binfmtd.probes import build_probe
 from binfmtd.targets import Target
-from binfmtd.verify import CONTAINER_ENGINES, spoken
+from binfmtd.config import CONTAINER_ENGINES
+from binfmtd.verify import spoken
 from binfmtd.verify.probe_run import CHROOT_EXEC, ProbeRun, line_answered, probe_answered, run_bounded, \
     run_catching_exe
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import tempfile
 
-from binfmtd.config import desired_targets, load_config, resolve_targets, settings_from
+from binfmtd.config import ENGINES, desired_targets, load_config, resolve_targets, settings_from
 from binfmtd.errors import UsageError
 from binfmtd.facts.host import Host, read_host
 from binfmtd.facts.interpreters import read_interpreter
@@ -16,7 +16,7 @@ from binfmtd.metrics import record_verify
 from binfmtd.records import dataclass
 from binfmtd.report import Report
 from binfmtd.targets import Target
-from binfmtd.verify import ENGINES, spoken
+from binfmtd.verify import spoken
 from binfmtd.verify.diagnose import diagnose, entries_binfmtd_owns
 from binfmtd.verify.engines import pick_engine, run_all
 
