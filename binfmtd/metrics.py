@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import time
 
-from binfmtd import commands
+from binfmtd.commands.status import status as read_status
 from binfmtd.config import resolve_paths
 from binfmtd.entry import Entry
 from binfmtd.errors import BinfmtdError
@@ -47,7 +47,7 @@ def _labels(**labels: str | None) -> str:
 
 def prometheus_text(binfmt_misc: str | None = None, state_dir: str | None = None) -> str:
     state_dir = resolve_paths(state_dir=state_dir)[1]
-    status = commands.status(binfmt_misc, state_dir)
+    status = read_status(binfmt_misc, state_dir)
     misc = status.binfmt_misc
     lines = [*_gauge("binfmtd_binfmt_misc_mounted", "Whether binfmt_misc is mounted.", [("", int(misc.mounted))]),
              *_gauge("binfmtd_binfmt_misc_enabled", "Whether binfmt_misc is enabled as a whole.",

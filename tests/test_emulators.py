@@ -219,8 +219,8 @@ def test_a_no_op_apply_runs_no_emulator(ns, emulators):
     spy = ("import subprocess, sys; started = []; real = subprocess.Popen.__init__\n"
            "def record(self, args, *a, **k): started.append(args); real(self, args, *a, **k)\n"
            "subprocess.Popen.__init__ = record\n"
-           "from binfmtd import commands\n"
-           "actions = [str(r.action) for r in commands.apply(['aarch64']).results]\n"
+           "from binfmtd.commands import change\n"
+           "actions = [str(r.action) for r in change.apply(['aarch64']).results]\n"
            "print(actions, sum('--version' in a for a in started))")
     first, second = ns.run(f"python3 -c {shlex.quote(spy)}", f"python3 -c {shlex.quote(spy)}",
                            env={**emulators["env"], "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}"})

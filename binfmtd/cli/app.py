@@ -12,7 +12,8 @@ from typing import List, Optional
 import typer
 import typer.core
 
-from binfmtd import __version__, commands
+from binfmtd import __version__
+from binfmtd.commands import change, check as preflight, status as host_status
 from binfmtd.cli.render import (fail, finish, render_change, render_check, render_export, render_processes,
                                 render_status, render_targets, render_text, render_verify, say, wants_json)
 from binfmtd.errors import EXIT_USAGE, BinfmtdError
@@ -72,7 +73,7 @@ def apply(targets: Optional[List[str]] = TargetsArg,
     """Register the entries (idempotent). With no TARGET: the config's targets, else every non-native one.
 
     TARGET: a QEMU target or a container platform (aarch64, arm64, linux/arm/v7, riscv64, ...)."""
-    _exit(finish(lambda: commands.apply(targets or (), all_targets, flags, force, check, config), as_json,
+    _exit(finish(lambda: change.apply(targets or (), all_targets, flags, force, check, config), as_json,
                  render_change, check))
 
 
@@ -85,7 +86,7 @@ def remove(targets: Optional[List[str]] = TargetsArg,
     """Remove binfmtd's entries (others' only with --force); entries it took over are put back.
 
     TARGET: a QEMU target or a container platform (aarch64, arm64, linux/arm/v7, riscv64, ...)."""
-    _exit(finish(lambda: commands.remove(targets or (), all_targets, force, check), as_json, render_change, check))
+    _exit(finish(lambda: change.remove(targets or (), all_targets, force, check), as_json, render_change, check))
 
 
 @app.command()
@@ -103,7 +104,7 @@ def status(as_json: bool = JsonOpt,
         from binfmtd.report import TextReport
 
         _exit(finish(lambda: TextReport(prometheus_text()), False, render_text))
-    _exit(finish(commands.status, as_json or fmt == "json", render_status))
+    _exit(finish(host_status.status, as_json or fmt == "json", render_status))
 
 
 @app.command("ps")
@@ -120,13 +121,13 @@ def check_cmd(targets: Optional[List[str]] = TargetsArg, as_json: bool = JsonOpt
     """Preflight: kernel, binfmt_misc, config and interpreters, each with the fix for what fails.
 
     TARGET: a QEMU target or a container platform (aarch64, arm64, linux/arm/v7, riscv64, ...)."""
-    _exit(finish(lambda: commands.check(targets or (), config), as_json, render_check))
+    _exit(finish(lambda: preflight.check(targets or (), config), as_json, render_check))
 
 
 @app.command("targets")
 def targets_cmd(as_json: bool = JsonOpt) -> None:
     """List every QEMU target with its container platforms."""
-    _exit(finish(commands.list_targets, as_json, render_targets))
+    _exit(finish(host_status.list_targets, as_json, render_targets))
 
 
 @app.command("verify", cls=WITH_TARGETS)

@@ -41,12 +41,12 @@ def parse_daemon(argv: list[str]) -> dict | None:
 
 
 def run_apply(options: dict) -> int:
-    from binfmtd import commands
     from binfmtd.cli.render import finish, render_change
+    from binfmtd.commands.change import apply
 
     as_json = options.pop("as_json")
     names = options.pop("names")
-    return finish(lambda: commands.apply(names, **options), as_json, render_change, options["check"])
+    return finish(lambda: apply(names, **options), as_json, render_change, options["check"])
 
 
 def parse_query(argv: list[str]) -> dict | None:
@@ -70,11 +70,13 @@ def parse_query(argv: list[str]) -> dict | None:
 
 
 def run_query(options: dict) -> int:
-    from binfmtd import commands
     from binfmtd.cli.render import finish
 
     if options["command"] == "status":
-        return finish(commands.status, True, None)
+        from binfmtd.commands.status import status
+        return finish(status, True, None)
     if options["command"] == "check":
-        return finish(lambda: commands.check(tuple(options["names"]), options["config_file"]), True, None)
-    return finish(commands.list_targets, True, None)
+        from binfmtd.commands.check import check
+        return finish(lambda: check(tuple(options["names"]), options["config_file"]), True, None)
+    from binfmtd.commands.status import list_targets
+    return finish(list_targets, True, None)

@@ -10,14 +10,8 @@ import sys
 from binfmtd.entry import printable
 from binfmtd.errors import EXIT_FAILED, EXIT_OK, BinfmtdError
 
-# The warnings said while finish() produces a report: --json's object carries them too.
-_said_warnings: list[str] | None = None
-
-
 def say(kind: str, message: str) -> None:
     print(f"binfmtd: {kind}: {message}", file=sys.stderr)
-    if kind == "warning" and _said_warnings is not None:
-        _said_warnings.append(message)
 
 
 def wants_json(argv: list[str]) -> bool:
@@ -56,27 +50,24 @@ def fail(message: str, exit_code: int, as_json: bool, check: bool = False, warni
 
 
 def finish(produce, as_json: bool, render, check: bool = False) -> int:
-    """The one exit path: produce a report, say its warnings, print it as text (`render`) or JSON,
-    say its errors, and return its exit code; a BinfmtdError becomes one line on stderr (and the
-    error object with --json) and its code."""
-    global _said_warnings
-    _said_warnings = said = []
+    """The one exit path: produce a report, say its warnings and errors on stderr (one line each),
+    print it as text (`render`; the errors after it) or as one JSON object, and return its exit
+    code; a BinfmtdError becomes one line on stderr (and the error object with --json) and its code."""
     try:
-        try:
-            report = produce()
-        except BinfmtdError as exc:
-            return fail(str(exc), exc.exit_code, as_json, check, said)
-        for warning in report.warnings:
-            say("warning", warning)
-        if as_json:  # every object has `warnings`: the report's and those said while it was made
-            print_json({**report.to_json(), "warnings": list(dict.fromkeys(said))})
-        else:
-            render(report)
+        report = produce()
+    except BinfmtdError as exc:
+        return fail(str(exc), exc.exit_code, as_json, check)
+    for warning in report.warnings:
+        say("warning", warning)
+    if as_json:
         for message in report.error_messages:
             say("error", message)
-        return EXIT_OK if report.ok else EXIT_FAILED
-    finally:
-        _said_warnings = None
+        print_json({**report.to_json(), "warnings": list(dict.fromkeys(report.warnings))})
+    else:
+        render(report)
+        for message in report.error_messages:
+            say("error", message)
+    return EXIT_OK if report.ok else EXIT_FAILED
 
 
 def table(rows: list[list[str]]) -> None:

@@ -1,10 +1,4 @@
-"""The public commands, the API the CLI, the daemon, the Ansible module's CLI calls and the image
-use: each returns a report (binfmtd.report) that becomes text or JSON only at the edge
-(binfmtd.cli.render). `change` (apply, remove), `status` (status, targets), `check`, `export`."""
-
-from binfmtd.commands.change import ChangeReport, apply, remove
-from binfmtd.commands.check import CheckReport, check
-from binfmtd.commands.status import StatusReport, TargetsReport, list_targets, status
-
-__all__ = ["ChangeReport", "CheckReport", "StatusReport", "TargetsReport", "apply", "check", "list_targets",
-           "remove", "status"]
+"""The public commands, the API the CLI, the daemon and the image call: `change` (apply, remove),
+`status` (status, targets), `check`, `ps`, `export`. Each returns a report (binfmtd.report) that
+becomes text or JSON only at the edge (binfmtd.cli.render). Callers import the module they need:
+the boot path's `apply` loads neither check nor status."""

@@ -9,7 +9,8 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 
-from binfmtd import commands
+from binfmtd.commands.change import apply, remove
+from binfmtd.commands.status import status
 from binfmtd.act import mount_binfmt_misc, unregister
 from binfmtd.config import Config, load_config, resolve_paths, settings_from
 from binfmtd.entry import STATUS_FILE
@@ -97,7 +98,7 @@ def install(run: Run, targets: tuple[Target, ...] | None, flags: str, say, repla
     `say(target, ok, detail)` reports each in the caller's language, and `replace_hint(target)`
     says in it how to replace another tool's entry that does not work."""
     names = [t.name for t in targets] if targets is not None else []
-    report = commands.apply(names, all_targets=targets is None, flags=flags, binfmt_misc=run.mount,
+    report = apply(names, all_targets=targets is None, flags=flags, binfmt_misc=run.mount,
                             config=run.config())
     for warning in report.warnings:
         # The flags are the foreign language's own defaults or what its caller chose: no advice on them.
@@ -121,7 +122,7 @@ def _say_applied(run: Run, report, say) -> tuple[list[Target], dict[str, str]]:
     """Say what apply's report settles (errors, native targets, targets without an entry); the rest,
     with an entry, are to be probed. (targets to probe, target -> why another tool's entry was kept)"""
     errors = {e.target: e.message for e in report.errors}
-    entries = {e.name: e for e in commands.status(binfmt_misc=run.mount).entries}
+    entries = {e.name: e for e in status(binfmt_misc=run.mount).entries}
     to_probe, kept = [], {}
     for result in report.results:
         target = lookup(result.target)
@@ -157,7 +158,7 @@ def remove_entries(run: Run, patterns: list[str], say) -> None:
         for name in matches:
             known = lookup(name)
             if known and known.entry_name == name:
-                report = commands.remove([known.name], force=True, binfmt_misc=run.mount)
+                report = remove([known.name], force=True, binfmt_misc=run.mount)
                 message = report.errors[0].message if report.errors else ""
             else:  # not a QEMU target's entry (e.g. matched by a glob): remove it as it is
                 message = _unregister(run.mount, name)

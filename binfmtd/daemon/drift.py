@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from binfmtd import commands
+from binfmtd.commands.change import ChangeReport
 from binfmtd.facts import host
 from binfmtd.daemon.systemd import WARNING
 from binfmtd.entry import Entry, parse_entry
@@ -69,7 +69,7 @@ class Watch:
         self.held.add(name)
 
 
-def watch_from_report(report: commands.ChangeReport, state: State, status: str) -> Watch:
+def watch_from_report(report: ChangeReport, state: State, status: str) -> Watch:
     """The desired state an apply established. A target with no interpreter (native, no QEMU)
     has nothing to keep; a failing one is retried on its own schedule; a target skipped with
     an interpreter is one whose name another tool's entry holds (plan_apply); a removed one

@@ -8,7 +8,7 @@ import os
 import signal
 import time
 
-from binfmtd import commands
+from binfmtd.commands.change import ChangeReport, apply, remove
 from binfmtd.config import Config, desired_targets, load_config, settings_from
 from binfmtd.daemon.drift import Watch, find_drift, read_table, stamp_emulators, table_problems, watch_from_report
 from binfmtd.daemon.systemd import ERR, INFO, NOTICE, WARNING, Log, Notifier, Signals, watchdog_period
@@ -75,7 +75,7 @@ class Daemon:
         try:
             # a short lock wait: a long one would starve the watchdog pings
             removed = self._remove_dropped()
-            report = commands.apply(config=self.settings, binfmt_misc=self.path, state_dir=self.state_dir,
+            report = apply(config=self.settings, binfmt_misc=self.path, state_dir=self.state_dir,
                                     lock_timeout=LOCK_TIMEOUT, reclaim=tuple(sorted(reclaim)))
         except HostUnsupported as exc:
             self.log(ERR, str(exc))
@@ -97,7 +97,7 @@ class Daemon:
         self._keep(report)
         return None
 
-    def _log_changes(self, why: str, report: commands.ChangeReport, removed: int, elapsed_ms: float) -> None:
+    def _log_changes(self, why: str, report: ChangeReport, removed: int, elapsed_ms: float) -> None:
         """One line per entry the apply changed, then one for the apply (none for a quiet start)."""
         changed = [r for r in report.results if r.action not in ("unchanged", "skipped")]
         for r in changed:
@@ -111,7 +111,7 @@ class Daemon:
         elif why != "start":
             self.log(INFO, f"{why}: nothing to change")
 
-    def _problems_of(self, report: commands.ChangeReport) -> set[tuple[int, str]]:
+    def _problems_of(self, report: ChangeReport) -> set[tuple[int, str]]:
         """What the apply (and the removal before it, and the textfile after it) found wrong or
         left alone, logged once while it holds."""
         failing = {e.target for e in report.errors}
@@ -125,7 +125,7 @@ class Daemon:
             problems |= self._write_metrics(textfile)
         return problems
 
-    def _keep(self, report: commands.ChangeReport) -> None:
+    def _keep(self, report: ChangeReport) -> None:
         """After an apply: the retry schedule while something fails, and systemd's STATUS=."""
         kept = [r.name for r in report.results if r.action in ("registered", "replaced", "unchanged")]
         if report.errors or self.dropped:
@@ -152,7 +152,7 @@ class Daemon:
         self.removal_errors = {}
         if not self.dropped:
             return 0
-        report = commands.remove(sorted(self.dropped), binfmt_misc=self.path, state_dir=self.state_dir,
+        report = remove(sorted(self.dropped), binfmt_misc=self.path, state_dir=self.state_dir,
                                  lock_timeout=LOCK_TIMEOUT)
         self.removal_errors = {e.target: e.message for e in report.errors}
         self.dropped = set(self.removal_errors)
