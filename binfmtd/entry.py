@@ -1,6 +1,6 @@
 """binfmt_misc entries: the register line binfmtd writes and the entry file the kernel prints.
 
-Pure functions only; reading and writing the files is act.py's and facts.py's job.
+Pure functions only; reading and writing the files is binfmtd.facts.host's and binfmtd.act's job.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""One exception tree. Library code raises these; only cli.py turns them into exit codes."""
+"""One exception tree. Library code raises these; only binfmtd.cli.render turns them into exit codes."""
 
 EXIT_OK = 0
 EXIT_FAILED = 1

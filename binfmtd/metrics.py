@@ -14,7 +14,7 @@ from binfmtd.errors import BinfmtdError
 from binfmtd.facts.processes import CpuLedger, per_target, read_emulated
 from binfmtd.state.files import VERIFY_FILE, open_state_dir, read_record, write_atomic, write_record
 from binfmtd.state.ledger import load_state
-from binfmtd.targets import BY_ENTRY_NAME, BY_NAME, TARGETS
+from binfmtd.targets import BY_NAME, TARGETS
 
 
 def record_verify(report, state_dir: str | None = None) -> None:
@@ -70,7 +70,7 @@ def _gauge(name: str, help_text: str, samples: list[tuple[str, float]]) -> list[
 
 def _entry_gauges(entries: list) -> list[str]:
     """Per target: whether its qemu-<target> entry is registered, enabled, and what it runs."""
-    by_target = {e.target: e for e in entries if e.name in BY_ENTRY_NAME}  # the target's own entry, not a lookalike
+    by_target = {e.target: e for e in entries if e.target and BY_NAME[e.target].entry_name == e.name}  # its own name
     registered, enabled = [], []
     for target in TARGETS:
         entry = by_target.get(target.name)
@@ -104,7 +104,7 @@ _LEDGER = None  # the daemon's CPU ledger: kept across its scrapes so the counte
 
 def emulation_metrics(entries: list) -> list[str]:
     """Per target: how many processes run under emulation now, and the CPU seconds they used (a
-    counter in the daemon, which keeps the ledger; see binfmtd.processes.CpuLedger). Every target
+    counter in the daemon, which keeps the ledger; see binfmtd.facts.processes.CpuLedger). Every target
     with an entry has a sample, 0 when nothing runs under it; entries of no QEMU target (jar,
     python) are not emulation and are left out."""
     global _LEDGER

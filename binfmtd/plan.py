@@ -106,13 +106,23 @@ def target_entry(target: Target, interpreter: Interpreter, flags: str) -> Entry:
     return Entry(target.entry_name, interpreter.resolved, flags, 0, target.magic, target.mask)
 
 
+def native_reason(target: Target, machine: str) -> str:
+    return f"native: this {machine} host runs {target.name} binaries itself"
+
+
+def no_interpreter_reason(target: Target, interpreter: Interpreter) -> str:
+    reason = f"no interpreter: {interpreter.problem}; {interpreter.fix}"
+    if target.removed_in:  # say so, or the sysadmin goes looking for a package that cannot exist
+        reason += f" (QEMU {target.removed_in} and later have no {target.name} emulator)"
+    return reason
+
+
 def _plan_target(target: Target, flags: str, desired: Desired, host: Host,
                  interpreter: Interpreter, state: State) -> Action:
     name = target.entry_name
     current = host.binfmt_misc.entry(name)
     if target.name in host.native:
-        return Action(target, SKIPPED, f"native: this {host.machine} host runs {target.name} binaries itself",
-                      flags=flags)
+        return Action(target, SKIPPED, native_reason(target, host.machine), flags=flags)
     # The interpreter's verdict is interpreters.read_interpreter's alone (check shows the same).
     if interpreter.path is None:
         return _no_interpreter(target, flags, desired, host, interpreter, state)
@@ -147,9 +157,7 @@ def _no_interpreter(target: Target, flags: str, desired: Desired, host: Host, in
     # emulator only ever lived in the container (the kernel holds it with F)
     if vanished and state.owns(current) and not registered_by_image(current.interpreter):
         return _remove_vanished(target, current, state)
-    reason = f"no interpreter: {interpreter.problem}; {interpreter.fix}"
-    if target.removed_in:  # say so, or the sysadmin goes looking for a package that cannot exist
-        reason += f" (QEMU {target.removed_in} and later have no {target.name} emulator)"
+    reason = no_interpreter_reason(target, interpreter)
     if vanished and current.enabled and "F" in current.flags:
         reason += (f"; entry {current.name} (not binfmtd's) keeps running the emulator it pinned at registration, "
                    "removed from disk since")

@@ -2,7 +2,8 @@
 with defaults or default factories, frozen, ==, the hash of a frozen record, repr, replace),
 without importing dataclasses. That import brings inspect, ast, dis, tokenize, re and enum
 along and compiles code for every class: about 8 ms of every `binfmtd apply` on a 2-CPU host
-(scripts/bench). Modules off the boot path (verify, daemon, compat, processes) use dataclasses."""
+(scripts/bench). Modules off the boot path (verify/, daemon/, compat/, facts/processes.py) use
+dataclasses."""
 
 from __future__ import annotations
 

@@ -152,12 +152,17 @@ def test_replaced_emulator_is_drift_until_apply_re_pins_it(ns, emulators):
 
 def test_removed_emulator_entry_is_removed_by_apply(ns, emulators):
     steps = ns.run(f"{BINFMTD} apply --json", f"rm {emulators['path']}", f"{BINFMTD} status --json",
-                   f"{BINFMTD} status --format prometheus", f"{BINFMTD} apply --json", f"ls {BINFMT_MISC}",
-                   f"{BINFMTD} apply --json", env=emulators["env"])
-    first, _, status, prom, apply, listing, again = steps
+                   f"{BINFMTD} check aarch64 --json", f"{BINFMTD} status --format prometheus", f"{BINFMTD} apply --json",
+                   f"ls {BINFMT_MISC}", f"{BINFMTD} apply --json", env=emulators["env"])
+    first, _, status, check, prom, apply, listing, again = steps
     entry, = status.json()["entries"]
     assert entry["emulator"]["drift"] == "removed" and entry["emulator"]["on_disk"] is None
     assert "gone from disk" in entry["emulator"]["note"] and "binfmtd apply removes it" in entry["emulator"]["note"]
+    # check names both: the interpreter is missing, and the entry still runs the file it pinned
+    checks = {c["name"]: c for c in check.json()["checks"]}
+    assert not checks["interpreter:aarch64"]["ok"] and "not found" in checks["interpreter:aarch64"]["detail"]
+    assert not checks["emulator:aarch64"]["ok"] and "gone from disk" in checks["emulator:aarch64"]["detail"]
+    assert checks["emulator:aarch64"]["fix"] == "binfmtd apply aarch64"
     assert metrics(prom.out)[("binfmtd_entry_info", "aarch64")].labels["drift"] == "removed"
     result, = apply.json()["results"]
     assert result["action"] == "removed", apply.out + apply.err

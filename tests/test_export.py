@@ -172,3 +172,27 @@ def test_export_refuses_to_overwrite_another_packages_file_of_the_same_name(ns, 
     message, = step.err.splitlines()
     assert f"{dest / theirs} was not written by binfmtd" in message and "--importdir" in message
     assert [p.name for p in dest.iterdir()] == [theirs] and (dest / theirs).read_text() == packaged
+
+
+def test_what_export_leaves_out_or_refuses_it_says_in_applys_words(ns, tmp_path, root_only_dir):
+    """With only qemu-arm in interpreter_dirs: export --all leaves every other target out with the
+    very reason `apply --check` gives (native, no interpreter, QEMU's dropped targets), and a named
+    target without an interpreter fails the export with apply's own error."""
+    import shutil
+
+    shutil.copy2(qemu("arm"), root_only_dir / "qemu-arm-static")
+    config = root_only_dir / "binfmtd.toml"
+    config.write_text(f'interpreter_dirs = ["{root_only_dir}"]\n')
+    dest = tmp_path / "binfmt.d"
+    every, plan, named, named_plan = ns.run(
+        f"{BINFMTD} export --format binfmt.d --dest {dest} --all --json", f"{BINFMTD} apply --all --check --json",
+        f"{BINFMTD} export --format binfmt.d --dest {dest} riscv64 --json", f"{BINFMTD} apply riscv64 --check --json",
+        env={"BINFMTD_CONFIG": str(config)})
+    left_out = [f"{r['target']}: {r['reason']}" for r in plan.json()["results"] if r["action"] == "skipped"]
+    assert every.rc == 0 and every.json()["skipped"] == left_out, every.out + every.err
+    assert [f["name"] for f in every.json()["files"]] == ["qemu-arm"]
+    assert any(reason.startswith("cris: no interpreter: ") and reason.endswith("have no cris emulator)")
+               for reason in left_out)
+    assert named.rc == 1 and [e["message"] for e in named.json()["errors"]] == \
+        [e["message"] for e in named_plan.json()["errors"]]
+    assert named.json()["errors"][0]["message"].startswith("no interpreter: qemu-riscv64-static not found in ")

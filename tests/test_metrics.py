@@ -39,3 +39,17 @@ def test_metrics_show_registered_enabled_verified_and_times(ns):
 def test_unknown_format_is_a_usage_error(ns):
     step = ns.one(f"{BINFMTD} status --format xml")
     assert step.rc == 2 and "expected text, json or prometheus" in step.err
+
+
+def test_a_lookalike_entry_is_not_taken_for_the_targets_own(ns):
+    """Another tool's `qemu-arm` that claims aarch64 binaries is matched to aarch64 by its magic;
+    the aarch64 gauges still describe binfmtd's own qemu-aarch64."""
+    from binfmtd.entry import escape
+    from binfmtd.targets import BY_NAME
+
+    aarch64 = BY_NAME["aarch64"]
+    lookalike = f":qemu-arm:M::{escape(aarch64.magic)}:{escape(aarch64.mask)}:/usr/bin/qemu-aarch64-static:F"
+    _, _, status = ns.run(f"{BINFMTD} apply aarch64", f"printf '%s' '{lookalike}' > /proc/sys/fs/binfmt_misc/register",
+                          f"{BINFMTD} status --format prometheus")
+    value, labels = samples(status.out)[("binfmtd_entry_registered", "aarch64")]
+    assert value == 1 and labels["owner"] == "binfmtd", status.out

@@ -131,7 +131,7 @@ def remove(names=(), all_targets=False, force=False, check=False, binfmt_misc: s
 
 
 def require_kernel(kernel: Kernel) -> None:
-    """The kernel binfmtd needs; root is required by the lock (state.open_state_dir)."""
+    """The kernel binfmtd needs; root is required by the lock (state.files.open_state_dir)."""
     if not kernel.supports_fix_binary:
         raise HostUnsupported(f"kernel {kernel.release} is older than 4.8 and lacks binfmt_misc's F flag, "
                               "which containers need; upgrade the kernel")

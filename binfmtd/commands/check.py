@@ -1,6 +1,6 @@
 """check: can this host run binfmtd's plan? Host-wide checks (kernel, root, binfmt_misc, config),
-then each target as apply's own planner sees it, so check and apply cannot disagree. Each
-failed check says what is wrong and the fix."""
+then each target as apply's own planner sees it (one verdict on its interpreter, the same
+errors), and the emulator its entry runs now. Each failed check says what is wrong and the fix."""
 
 from __future__ import annotations
 
@@ -101,13 +101,13 @@ def _target_checks(action: Action, interpreter, host: Host, state: State) -> lis
     if target.name in host.native:
         return [Check(name, True, f"native on this {host.machine} host; no entry needed")]
     if interpreter.problem:
-        return [Check(name, False, interpreter.described, interpreter.fix)]
-    if action.error:  # the interpreter is fine, the entry is not (a magic this kernel cannot take)
-        return [Check(name, False, action.error, "upgrade the kernel or leave the target out")]
-    version = qemu_version(interpreter.resolved)  # root alone controls it: safe to run
-    checks = [Check(name, True, f"{interpreter.shown}, static, safe, QEMU {version or '?'}")]
-    entry = host.binfmt_misc.entry(target.entry_name)
-    if entry is not None:
+        checks = [Check(name, False, interpreter.described, interpreter.fix)]
+    elif action.error:  # the interpreter is fine, the entry is not (a magic this kernel cannot take)
+        checks = [Check(name, False, action.error, "upgrade the kernel or leave the target out")]
+    else:
+        version = qemu_version(interpreter.resolved)  # root alone controls it: safe to run
+        checks = [Check(name, True, f"{interpreter.shown}, static, safe, QEMU {version or '?'}")]
+    if (entry := host.binfmt_misc.entry(target.entry_name)) is not None:
         checks += _emulator_checks(target, entry, state)
     return checks
 

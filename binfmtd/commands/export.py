@@ -21,11 +21,12 @@ from binfmtd.errors import BinfmtdError, UsageError
 from binfmtd.facts.host import read_kernel
 from binfmtd.facts.interpreters import read_interpreter
 from binfmtd.facts.native import read_native
-from binfmtd.plan import target_entry
+from binfmtd.plan import native_reason, no_interpreter_reason, target_entry
 from binfmtd.records import dataclass, field
 from binfmtd.report import Report
 from binfmtd.state.files import write_atomic
 from binfmtd.targets import BY_ENTRY_NAME
+from binfmtd.trust import read_user_fuse_mounts
 
 BINFMT_D, BINFMT_SUPPORT = "binfmt.d", "binfmt-support"
 FORMATS = (BINFMT_D, BINFMT_SUPPORT)
@@ -116,14 +117,17 @@ def desired_entries(names=(), all_targets=False, flags: str | None = None,
     settings = resolve_settings(config_file, flags)
     native = read_native(None, remember=False)[0]
     targets, explicit = desired_targets(names, all_targets, settings.config, native)
-    magic_size_limit = read_kernel().magic_size_limit
+    magic_size_limit, mounts = read_kernel().magic_size_limit, read_user_fuse_mounts()
     entries, skipped, errors = [], [], []
     for target in targets:
-        interpreter = read_interpreter(target.qemu, settings.interpreter_dirs) if target.name not in native else None
+        interpreter = None if target.name in native else \
+            read_interpreter(target.qemu, settings.interpreter_dirs, user_mounts=mounts)
         if interpreter is None:
-            skipped.append(f"{target.name}: native: this host runs {target.name} binaries itself")
-        elif interpreter.path is None and not explicit:
-            skipped.append(f"{target.name}: no interpreter: {interpreter.problem}; {interpreter.fix}")
+            skipped.append(f"{target.name}: {native_reason(target, os.uname().machine)}")
+        elif interpreter.path is None and not explicit:  # as apply says it: skipped, or for a named target
+            skipped.append(f"{target.name}: {no_interpreter_reason(target, interpreter)}")
+        elif interpreter.path is None:  # an error
+            errors.append(no_interpreter_reason(target, interpreter))
         elif interpreter.problem:
             errors.append(f"{target.entry_name}: interpreter {interpreter.described}; {interpreter.fix}")
         elif problem := (entry := target_entry(target, interpreter, settings.flags)).problem(magic_size_limit):

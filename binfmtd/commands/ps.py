@@ -14,7 +14,7 @@ from binfmtd.targets import BY_NAME
 
 @dataclass
 class ProcessesReport(Report):
-    processes: list  # facts.processes.Emulated, each as its to_json() shows it
+    processes: list  # facts.processes.EmulatedProcess, shown by its to_json()
     targets: list[dict]
     warnings: list[str] = field(default_factory=list)
 

@@ -16,6 +16,7 @@ from binfmtd.metrics import record_verify
 from binfmtd.records import dataclass
 from binfmtd.report import Report
 from binfmtd.targets import Target
+from binfmtd.trust import read_user_fuse_mounts
 from binfmtd.verify import spoken
 from binfmtd.verify.diagnose import diagnose, entries_binfmtd_owns
 from binfmtd.verify.engines import pick_engine, run_all
@@ -53,9 +54,9 @@ def verify(names=(), all_targets=False, engine_name: str | None = None, image: s
         if engine.name != "sandbox":
             targets = _with_platforms(targets, named=bool(names))
         runs = run_all(engine, targets, timeout)
-    owned = entries_binfmtd_owns(host)
-    results = [diagnose(t, run, host, read_interpreter(t.qemu, settings.interpreter_dirs), engine.name, image, t.entry_name in owned)
-               for t, run in zip(targets, runs)]
+    owned, mounts = entries_binfmtd_owns(host), read_user_fuse_mounts()
+    results = [diagnose(t, run, host, read_interpreter(t.qemu, settings.interpreter_dirs, user_mounts=mounts),
+                        engine.name, image, t.entry_name in owned) for t, run in zip(targets, runs)]
     for result, run in zip(results, runs):  # the answer came in time, the engine did not finish in time
         result["slow_engine"] = run.slow_engine(timeout)
     report = VerifyReport(engine.name, results, _warnings(host, results))
