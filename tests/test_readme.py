@@ -149,6 +149,11 @@ def test_readme_commands_work_as_written_on_a_fresh_host(ns, tmp_path):
     host_before = {p: os.path.lexists(p) for p in ("/usr/local/bin/binfmtd", "/opt/binfmtd", "/etc/binfmtd",
                                                    "/var/lib/binfmtd", "/etc/binfmtd/binfmts")}
     fresh = [c for c in COMMANDS if where(c) == "fresh"]
+    # What an earlier build of an older checkout left in ./build must not be installed (setuptools
+    # would copy it into the wheel): a module an upgrade removed stays gone.
+    leftover = ROOT / "build" / "lib" / "binfmtd" / "removed_by_an_upgrade.py"
+    leftover.parent.mkdir(parents=True, exist_ok=True)
+    leftover.write_text("raise SystemExit('an old build was installed')\n")
     steps = run_fresh(tmp_path, fresh)
     for command, (rc, out, err, table, state) in zip(fresh, steps):
         assert rc == 0, f"README command failed ({rc}): {command}\n{out}\n{err}"
@@ -173,6 +178,9 @@ def test_readme_commands_work_as_written_on_a_fresh_host(ns, tmp_path):
 
     # The export for binfmt-support, imported from binfmtd's own directory.
     assert any(c.startswith("update-binfmts --importdir /etc/binfmtd/binfmts") for c in fresh)
+
+    installed = list((tmp_path / "upper_opt").glob("binfmtd/lib/python3*/site-packages/binfmtd"))
+    assert installed and not (installed[0] / "removed_by_an_upgrade.py").exists()
 
     host_after = {p: os.path.lexists(p) for p in host_before}
     assert host_after == host_before, "the walk changed the real host"
