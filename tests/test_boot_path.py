@@ -152,3 +152,23 @@ def test_a_record_extends_another_records_fields():
     extended = Extended(1, "x", (2,))
     assert (extended.a, extended.b, extended.c) == (1, "x", (2,)) and Extended(1) == Extended(1, "", ())
     assert hash(Extended(1)) == hash(Extended(1)) and Extended(1) != Base(1)
+
+
+def test_verify_json_takes_the_boot_path_and_answers_as_the_full_cli(ns, tmp_path):
+    """`verify --json` (Ansible's verify, scripts) skips typer and pydantic; its answer, warnings
+    and exit code are the full CLI's, a usage error's included."""
+    pairs = [("verify --json --engine sandbox aarch64", "verify --json --engine=sandbox aarch64"),
+             ("verify --json --engine sandbox --timeout 0 aarch64", "verify --json --engine=sandbox --timeout=0 aarch64"),
+             ("verify --json --all aarch64", "verify --json --all aarch64 --")]
+    commands = [f"{BINFMTD} apply aarch64"] + [f"{BINFMTD} {c}" for pair in pairs for c in pair] + [
+        f"{sys.executable} -X importtime -m binfmtd {pairs[0][0]}"]
+    setup, *steps, lean = ns.run(*commands)
+    assert setup.rc == 0
+    for boot, typer_path in zip(steps[::2], steps[1::2]):
+        answer, other = boot.json(), typer_path.json()
+        for result in answer["results"] + other["results"]:
+            result.pop("seconds")
+        assert (boot.rc, answer, boot.err) == (typer_path.rc, other, typer_path.err), boot.command
+    assert steps[0].rc == 0 and steps[0].json()["ok"]  # a real probe ran through the entry
+    assert [s.rc for s in steps[2:]] == [2, 2, 2, 2]  # --timeout 0; targets and --all
+    assert " typer" not in lean.err
