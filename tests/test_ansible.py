@@ -308,13 +308,19 @@ def test_role_installs_binfmtd_from_this_checkout_and_applies_with_it(ns, ansibl
     play = role_play(binfmtd_install_qemu=False, binfmtd_services=[], binfmtd_prefix=str(prefix),
                      binfmtd_link=str(link), binfmtd_path=str(link), binfmtd_config_path=str(tmp_path / "c.toml"),
                      binfmtd_targets=[FIRST], binfmtd_verify_engine="sandbox")
-    first, version, second = ns.run(ansible.command(play, "source", "--skip-tags", "binfmtd_apt"),
-                                    f"{link} --version", ansible.command(play, "source", "--skip-tags", "binfmtd_apt"),
-                                    env={**ansible.env, "PYTHONPATH": ""}, timeout=600)
+    # A module an upgrade of the checkout removed, still in the host's copy: the next run drops it.
+    leftover = prefix / "src" / "binfmtd" / "removed_by_an_upgrade.py"
+    first, version, second, _, third = ns.run(
+        ansible.command(play, "source", "--skip-tags", "binfmtd_apt"), f"{link} --version",
+        ansible.command(play, "source", "--skip-tags", "binfmtd_apt"), f"echo 'raise SystemExit(1)' > {leftover}",
+        ansible.command(play, "source", "--skip-tags", "binfmtd_apt"), env={**ansible.env, "PYTHONPATH": ""}, timeout=900)
     assert first.rc == 0, first.out + first.err
     assert version.out.startswith("binfmtd ") and (prefix / "src" / "pyproject.toml").is_file()
     assert os.readlink(link) == str(prefix / "bin" / "binfmtd")
     assert second.rc == 0 and recap(second.out)["changed"] == 0, second.out
+    assert third.rc == 0 and recap(third.out)["changed"] > 0, third.out + third.err
+    assert not leftover.exists() and not list(prefix.glob("lib/python3*/site-packages/binfmtd/removed_by_an_upgrade.py"))
+    assert not (prefix / "src" / "build").exists()
 
 
 def test_role_keeps_a_config_binfmtd_rejects_off_the_host(ns, ansible, tmp_path):
