@@ -12,9 +12,9 @@ from binfmtd.entry import flags_problem, normalize_flags
 from binfmtd.errors import UsageError
 from binfmtd.facts.host import DEFAULT_BINFMT_MISC
 from binfmtd.facts.interpreters import DEFAULT_INTERPRETER_DIRS
+from binfmtd.records import dataclass
 from binfmtd.state.files import state_dir_from_env
 from binfmtd.targets import TARGETS, Target, lookup
-from binfmtd.records import dataclass
 
 DEFAULT_CONFIG = "/etc/binfmtd/binfmtd.toml"
 DEFAULT_FLAGS = "POCF"  # as in the field: QEMU's qemu-binfmt-conf.sh --persistent, tonistiigi/binfmt

@@ -117,6 +117,10 @@ def no_interpreter_reason(target: Target, interpreter: Interpreter) -> str:
     return reason
 
 
+def interpreter_refused(target: Target, interpreter: Interpreter) -> str:
+    return f"{target.entry_name}: interpreter {interpreter.described}; {interpreter.fix}"
+
+
 def _plan_target(target: Target, flags: str, desired: Desired, host: Host,
                  interpreter: Interpreter, state: State) -> Action:
     name = target.entry_name
@@ -129,7 +133,7 @@ def _plan_target(target: Target, flags: str, desired: Desired, host: Host,
     path = interpreter.resolved or interpreter.path
     if interpreter.problem:
         return Action(target, SKIPPED, f"interpreter refused: {interpreter.described}", path, flags,
-                      error=f"{name}: interpreter {interpreter.described}; {interpreter.fix}")
+                      error=interpreter_refused(target, interpreter))
     new = target_entry(target, interpreter, flags)
     if problem := new.problem(host.kernel.magic_size_limit):
         return Action(target, SKIPPED, problem, path, flags, error=problem)

@@ -2,7 +2,7 @@
 clients, and hands the result to binfmtd.cli.render, the one place that prints results and turns
 error types into exit codes. `apply` and `daemon` usually arrive through binfmtd.cli.boot instead.
 The modules of verify, export, ps, metrics, daemon and sandbox are imported by their own command
-only: each brings its own weight (threads, psutil, dataclasses) that the other commands need not pay."""
+only: each brings its own weight (threads, psutil, dataclasses) that other commands need not pay."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ import typer
 import typer.core
 
 from binfmtd import __version__
-from binfmtd.commands import change, check as preflight, status as host_status
 from binfmtd.cli.render import (fail, finish, render_change, render_check, render_export, render_processes,
                                 render_status, render_targets, render_text, render_verify, say, wants_json)
+from binfmtd.commands import change, check as preflight, status as host_status
+from binfmtd.config import ENGINES
 from binfmtd.errors import EXIT_USAGE, BinfmtdError
 from binfmtd.targets import TARGETS
-from binfmtd.config import ENGINES
 from binfmtd.verify import spoken
 
 app = typer.Typer(add_completion=True, no_args_is_help=True, rich_markup_mode=None,

@@ -1,10 +1,10 @@
 """The boot path: `binfmtd apply ...` and `binfmtd daemon` as systemd and Ansible run them, and
 the JSON queries that Ansible, the metrics textfile and scripts call over and over (`status
 --json`, `check --json`, `targets --json`, `verify --json`), without importing typer, whose
-import (click, pydantic) costs several times the whole apply and doubles the daemon's memory. Only the plain
-spellings of their options are taken here; anything else (--help, --flags=X, unknown options)
-returns None and goes to the full CLI, so both paths call the same function and print the same
-output."""
+import (click, pydantic) costs several times the whole apply and doubles the daemon's memory.
+Only the plain spellings of their options are taken here; anything else (--help, --flags=X,
+unknown options) returns None and goes to the full CLI, so both paths call the same function and
+print the same output."""
 
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ import sys
 from binfmtd.entry import printable
 from binfmtd.errors import EXIT_FAILED, EXIT_OK, BinfmtdError
 
+
 def say(kind: str, message: str) -> None:
     print(f"binfmtd: {kind}: {message}", file=sys.stderr)
 
@@ -30,22 +31,22 @@ def wants_json(argv: list[str]) -> bool:
     return False
 
 
-def error_object(message: str, check: bool = False, warnings=()) -> dict:
+def error_object(message: str, check: bool = False) -> dict:
     """--json's answer when a command fails as a whole (a usage error, a host that cannot, ...),
     for every command: apply's shape, with the error under `target` null (the command itself)."""
     return {"ok": False, "changed": False, "check": check, "results": [],
-            "errors": [{"target": None, "message": message}], "warnings": list(warnings)}
+            "errors": [{"target": None, "message": message}], "warnings": []}
 
 
 def print_json(value) -> None:
     print(json.dumps(value, indent=2 if sys.stdout.isatty() else None))
 
 
-def fail(message: str, exit_code: int, as_json: bool, check: bool = False, warnings=()) -> int:
+def fail(message: str, exit_code: int, as_json: bool, check: bool = False) -> int:
     """A command failed as a whole: one line on stderr, the error object with --json; the code."""
     say("error", message)
     if as_json:
-        print_json(error_object(message, check, warnings))
+        print_json(error_object(message, check))
     return exit_code
 
 

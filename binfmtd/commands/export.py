@@ -21,7 +21,7 @@ from binfmtd.errors import BinfmtdError, UsageError
 from binfmtd.facts.host import read_kernel
 from binfmtd.facts.interpreters import read_interpreter
 from binfmtd.facts.native import read_native
-from binfmtd.plan import native_reason, no_interpreter_reason, target_entry
+from binfmtd.plan import interpreter_refused, native_reason, no_interpreter_reason, target_entry
 from binfmtd.records import dataclass, field
 from binfmtd.report import Report
 from binfmtd.state.files import write_atomic
@@ -115,7 +115,7 @@ def desired_entries(names=(), all_targets=False, flags: str | None = None,
     target is left out. An entry that cannot be made (an unsafe interpreter, a named target's
     missing one, a magic this kernel cannot take) fails the export as a whole."""
     settings = resolve_settings(config_file, flags)
-    native = read_native(None, remember=False)[0]
+    native = read_native(settings.state_dir, remember=False)[0]  # this boot's measurement, if apply made one
     targets, explicit = desired_targets(names, all_targets, settings.config, native)
     magic_size_limit, mounts = read_kernel().magic_size_limit, read_user_fuse_mounts()
     entries, skipped, errors = [], [], []
@@ -129,7 +129,7 @@ def desired_entries(names=(), all_targets=False, flags: str | None = None,
         elif interpreter.path is None:  # an error
             errors.append(no_interpreter_reason(target, interpreter))
         elif interpreter.problem:
-            errors.append(f"{target.entry_name}: interpreter {interpreter.described}; {interpreter.fix}")
+            errors.append(interpreter_refused(target, interpreter))
         elif problem := (entry := target_entry(target, interpreter, settings.flags)).problem(magic_size_limit):
             errors.append(problem)
         else:
